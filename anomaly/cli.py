@@ -1,0 +1,196 @@
+"""Command-line interface: a few lines per command over the library API.
+
+Every flag is a config key (``--category`` is ``data.category``, ``--out`` is ``out`` ...), and
+any other key can be set as ``key=value``; ``--config FILE`` merges a YAML file first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from anomaly import __version__
+from anomaly.errors import AnomalyError
+
+logger = logging.getLogger("anomaly")
+
+EXIT_OK, EXIT_NOTHING_SCORED, EXIT_ERROR = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _split_overrides(args)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO if not args.quiet else logging.WARNING,
+        format="%(message)s",
+    )
+    try:
+        return args.handler(args)
+    except AnomalyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from anomaly.config import FitConfig, build_config
+    from anomaly.pipeline import fit_category
+
+    config = build_config(
+        FitConfig,
+        args.config,
+        args.overrides,
+        **{"data.category": args.category, "model": args.model,
+           "data.root": args.data_root, "out": args.out},
+    )
+    result = fit_category(config)
+    print(result.text())
+    return EXIT_OK
+
+
+def _score(args: argparse.Namespace) -> int:
+    from anomaly.bundle import load_bundle
+    from anomaly.config import ScoreConfig, build_config
+    from anomaly.scoring import score_paths
+
+    config = build_config(
+        ScoreConfig,
+        args.config,
+        args.overrides,
+        **{"paths": args.paths or None, "model": args.model, "out": args.out,
+           "split": args.split, "report": args.report or None,
+           "heatmaps": False if args.no_heatmaps else None},
+    )
+    model = load_bundle(config.model)
+    model.progress = config.runtime.progress
+    model.batch_size = config.runtime.batch_size
+    model.num_threads = config.runtime.num_threads
+    paths, ground_truth = list(config.paths), None
+    if config.split is not None:
+        paths, ground_truth = _split_files(Path(config.model), config.split)
+    if not paths:
+        raise AnomalyError("nothing to score: give image files or folders, or --split test")
+    out = Path(config.out or f"runs/score-{datetime.now():%Y%m%d-%H%M%S}")
+    run = score_paths(
+        model,
+        paths,
+        out,
+        heatmaps=config.heatmaps,
+        ground_truth=ground_truth,
+        run_info={"model_dir": str(Path(config.model).resolve()),
+                  "category": model.metadata_.get("data", {}).get("category")},
+    )
+    print(run.summary())
+    if config.report and run.n_scored:
+        from anomaly.report import write_report
+
+        print(f"report: {write_report(out)}")
+    return EXIT_OK if run.n_scored else EXIT_NOTHING_SCORED
+
+
+def _split_files(bundle_dir: Path, split: str):
+    from omegaconf import OmegaConf
+
+    from anomaly.pipeline import load_dataset
+
+    config = OmegaConf.load(bundle_dir / "config.yaml")
+    dataset = load_dataset(config)
+    samples = dataset.select(split)
+    return [s.path for s in samples], {Path(s.path): s for s in samples}
+
+
+def _categories(args: argparse.Namespace) -> int:
+    from anomaly.data import list_categories
+
+    categories = list_categories(args.data_root)
+    if args.json:
+        print(json.dumps(categories, indent=2))
+        return EXIT_OK
+    for entry in categories:
+        print(f"{entry['name']:<20} {entry['source']:<12} {entry.get('description', '')}")
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from anomaly.report import write_report
+
+    print(f"report: {write_report(Path(args.run_dir))}")
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anomaly",
+        description="Unsupervised visual inspection: fit on good parts, score new ones.",
+    )
+    parser.add_argument("--version", action="version", version=f"anomaly {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fit = commands.add_parser(
+        "fit",
+        help="fit, calibrate and save a model for a category",
+        description="Fit a model on a category's good training images, calibrate its threshold "
+        "to a target miss rate on the validation split, report test figures, save the bundle.",
+        epilog="Any config key can be set as key=value, e.g. patchcore.coreset_ratio=0.05 "
+        "calibration.target_miss_rate=0.02 image_size=320 runtime.num_threads=2. "
+        "See configs/default.yaml for every key.",
+    )
+    fit.add_argument("--category", help="category name (data.category), e.g. sealant, elpv")
+    fit.add_argument("--model", help="model (model): patchcore")
+    fit.add_argument("--data-root", help="folder of categories in MVTec AD or folder layout "
+                     "(data.root)")
+    fit.add_argument("--out", help="bundle directory (out); default runs/<category>/<model>")
+    fit.add_argument("--config", help="YAML config file merged before overrides")
+    fit.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    fit.set_defaults(handler=_fit)
+
+    score = commands.add_parser(
+        "score",
+        help="score image files/folders: CSV, heatmaps of rejected parts",
+        description="Score images with a fitted model. Writes scores.csv (file, score, "
+        "normalized_score, verdict OK/NG/ERROR, heatmap, error), a heatmap overlay for every "
+        "rejected part and run.json. Bad files are recorded and skipped; the exit code is 1 "
+        "only when nothing could be scored.",
+    )
+    score.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders "
+                       "(searched recursively); key=value overrides may follow")
+    score.add_argument("--model", help="model bundle directory (model)")
+    score.add_argument("--out", help="run directory (out); default runs/score-<time>")
+    score.add_argument("--split", help="score the model's own dataset split (split), with "
+                       "ground truth: train, val or test")
+    score.add_argument("--report", action="store_true", help="also write report.html (report)")
+    score.add_argument("--no-heatmaps", action="store_true", help="no overlay PNGs (heatmaps)")
+    score.add_argument("--config", help="YAML config file merged before overrides")
+    score.set_defaults(handler=_score)
+
+    categories = commands.add_parser("categories", help="list built-in and found categories")
+    categories.add_argument("--data-root", help="folder of categories to look in")
+    categories.add_argument("--json", action="store_true", help="machine-readable output")
+    categories.set_defaults(handler=_categories)
+
+    report = commands.add_parser("report", help="write report.html for a scoring run")
+    report.add_argument("run_dir", help="run directory written by `anomaly score`")
+    report.set_defaults(handler=_report)
+    return parser
+
+
+def _split_overrides(args: argparse.Namespace) -> None:
+    """``score`` takes paths and key=value overrides in one list: tell them apart."""
+    if getattr(args, "paths", None) is not None:
+        items = list(args.paths)
+        args.overrides = [item for item in items if "=" in item and not Path(item).exists()]
+        args.paths = [item for item in items if item not in args.overrides]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Structured configuration (omegaconf) for every command.
+
+Every CLI flag is a key here; YAML files and ``key=value`` overrides merge onto these defaults,
+are validated against the dataclass types, and the resolved config is saved with the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from anomaly.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which images to use and how to split them."""
+
+    category: str = "sealant"
+    root: str | None = None  # folder of categories (MVTec AD or folder layout)
+    cache_dir: str | None = None  # where built-in generated data is written
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    seed: int = 0
+    include_uncertain: bool = False  # elpv: count probability 1/3 and 2/3 cells as defects
+    max_train_images: int | None = None  # cap on good training images (None = all)
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "efficientnet_lite0"
+    layers: list[int] | None = None  # feature stages by index; None = the model's default
+    weights: str = "imagenet"  # "imagenet", "none" (random, for tests) or a path to a weight file
+
+
+@dataclass
+class PatchCoreConfig:
+    coreset_ratio: float = 0.1
+    projection_dim: int = 128
+    chunk_images: int = 64
+    feature_dim: int = 1024
+    num_neighbors: int = 9
+    index: str = "flat"  # "flat" (exact) or "hnsw" (approximate, for large banks)
+    blur_sigma: float = 4.0
+
+
+@dataclass
+class PadimConfig:
+    n_features: int = 100
+    covariance_epsilon: float = 0.01
+    blur_sigma: float = 4.0
+
+
+@dataclass
+class CalibrationConfig:
+    target_miss_rate: float = 0.05
+    fallback_false_alarm_rate: float = 0.05
+    confidence: float = 0.95
+
+
+@dataclass
+class RuntimeConfig:
+    num_threads: int = 0  # 0 = every core of this machine
+    batch_size: int = 16
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class FitConfig:
+    """``anomaly fit``: fit, calibrate and save one model for one category."""
+
+    model: str = "patchcore"
+    image_size: int = 256
+    out: str | None = None  # bundle directory; default runs/<category>/<model>
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    patchcore: PatchCoreConfig = field(default_factory=PatchCoreConfig)
+    padim: PadimConfig = field(default_factory=PadimConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+@dataclass
+class ScoreConfig:
+    """``anomaly score``: score image files and folders with a fitted model."""
+
+    paths: list[str] = field(default_factory=list)
+    model: str = "runs/sealant/patchcore"  # bundle directory
+    split: str | None = None  # score the bundle's own dataset split (train/val/test) instead
+    out: str | None = None  # run directory; default runs/score-<timestamp>
+    heatmaps: bool = True  # write an overlay PNG for every rejected part
+    report: bool = False  # also write report.html
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+def build_config(
+    schema: type,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    **flags: Any,
+) -> DictConfig:
+    """Merge defaults, a YAML file, ``key=value`` overrides and CLI flags, then validate.
+
+    ``flags`` maps dotted config keys to values given as named CLI flags (``None`` = not given).
+    Later sources win: defaults < file < overrides < flags.
+    """
+    try:
+        config = OmegaConf.structured(schema)
+        if config_file is not None:
+            path = Path(config_file)
+            if not path.is_file():
+                raise ConfigError(f"{path}: config file not found")
+            config = OmegaConf.merge(config, OmegaConf.load(path))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"{item!r}: overrides must look like key=value")
+        if overrides:
+            config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
+        for key, value in flags.items():
+            if value is not None:
+                OmegaConf.update(config, key, value, merge=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"invalid configuration: {_one_line(error)}") from error
+    return config
+
+
+def to_yaml(config: DictConfig) -> str:
+    return OmegaConf.to_yaml(config, resolve=True)
+
+
+def _one_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

@@ -1,0 +1,87 @@
+"""Image preprocessing and locally aware patch features (PatchCore, Roth et al. 2022)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomaly.backbones import FeatureExtractor
+
+
+def preprocess(
+    images: Sequence[np.ndarray],
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> torch.Tensor:
+    """Resize RGB ``uint8`` images ``(H, W, 3)`` to ``image_size`` squared and normalise.
+
+    The whole image is resized (no centre crop): a crop would hide defects near the border of
+    the part. Returns a float batch ``(B, 3, image_size, image_size)``.
+    """
+    batch = np.empty((len(images), image_size, image_size, 3), dtype=np.float32)
+    for i, image in enumerate(images):
+        resized = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
+        batch[i] = resized
+    batch *= 1.0 / 255.0
+    batch -= np.asarray(mean, dtype=np.float32)
+    batch /= np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+
+
+def patch_features(
+    feature_maps: Sequence[torch.Tensor], feature_dim: int | None = None, neighbourhood: int = 3
+) -> torch.Tensor:
+    """Locally aware patch features on the grid of the first (finest) stage.
+
+    Each location is replaced by the average over its ``neighbourhood`` squared window, so a patch
+    vector describes its surroundings; deeper stages are upsampled bilinearly to the finest grid
+    and concatenated. When the concatenation is wider than ``feature_dim``, adjacent channels are
+    averaged down to ``feature_dim`` (the paper's adaptive average pooling); narrower features
+    are kept as they are rather than padded with repeats.
+
+    Returns ``(B, D, h, w)``.
+    """
+    height, width = feature_maps[0].shape[-2:]
+    pooled = []
+    for maps in feature_maps:
+        maps = F.avg_pool2d(
+            maps, neighbourhood, stride=1, padding=neighbourhood // 2, count_include_pad=False
+        )
+        if maps.shape[-2:] != (height, width):
+            maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)
+        pooled.append(maps)
+    features = torch.cat(pooled, dim=1)
+    if feature_dim is not None and features.shape[1] > feature_dim:
+        batch, channels = features.shape[:2]
+        flat = features.permute(0, 2, 3, 1).reshape(-1, 1, channels)
+        flat = F.adaptive_avg_pool1d(flat, feature_dim)
+        features = flat.reshape(batch, height, width, feature_dim).permute(0, 3, 1, 2)
+    return features.contiguous()
+
+
+def stack_features(
+    feature_maps: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """Concatenate stages on the finest grid without neighbourhood pooling (PaDiM): ``(B, D, h, w)``."""
+    height, width = feature_maps[0].shape[-2:]
+    resized = [
+        maps
+        if maps.shape[-2:] == (height, width)
+        else F.interpolate(maps, size=(height, width), mode="nearest")
+        for maps in feature_maps
+    ]
+    return torch.cat(resized, dim=1)
+
+
+@torch.inference_mode()
+def extract(
+    extractor: FeatureExtractor, images: Sequence[np.ndarray], image_size: int
+) -> list[torch.Tensor]:
+    """Run the backbone on a batch of RGB ``uint8`` images; one feature map per stage."""
+    batch = preprocess(images, image_size, extractor.mean, extractor.std)
+    return extractor(batch)

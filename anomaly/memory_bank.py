@@ -1,0 +1,94 @@
+"""The memory bank: nominal patch features in a faiss index, searched for nearest neighbours."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+INDEX_TYPES = ("flat", "hnsw")
+
+# Faiss's brute-force search only uses BLAS (fast) from this many queries on; below it, it
+# loops per query. Scoring therefore always sends whole batches of patches.
+_MIN_BLAS_QUERIES = 20
+
+
+def set_num_threads(num_threads: int = 0) -> int:
+    """Set torch's and faiss's thread pools explicitly; 0 = every core. Returns the count used.
+
+    Left alone, faiss's OpenMP and torch's pools each take every core and oversubscribe a small
+    machine.
+    """
+    import torch
+
+    count = num_threads if num_threads > 0 else (os.cpu_count() or 1)
+    torch.set_num_threads(count)
+    faiss.omp_set_num_threads(count)
+    return count
+
+
+class MemoryBank:
+    """Nearest-neighbour search over the memory bank ``(M, D)`` of nominal patch features.
+
+    ``index_type`` is ``"flat"`` (exact L2, the default) or ``"hnsw"`` (approximate graph search
+    for banks too large to search exactly in time).
+    """
+
+    def __init__(self, index_type: str = "flat", hnsw_neighbors: int = 32) -> None:
+        if index_type not in INDEX_TYPES:
+            raise ValueError(f"index={index_type!r}: choose one of {', '.join(INDEX_TYPES)}")
+        self.index_type = index_type
+        self.hnsw_neighbors = hnsw_neighbors
+        self.index_: faiss.Index | None = None
+
+    def fit(self, vectors: np.ndarray) -> MemoryBank:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        dim = vectors.shape[1]
+        if self.index_type == "flat":
+            index = faiss.IndexFlatL2(dim)
+        else:
+            index = faiss.IndexHNSWFlat(dim, self.hnsw_neighbors)
+            index.hnsw.efSearch = 64
+        index.add(vectors)
+        self.index_ = index
+        return self
+
+    @property
+    def size(self) -> int:
+        return 0 if self.index_ is None else int(self.index_.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index_.d)
+
+    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Euclidean distances ``(n, k)`` and bank indices ``(n, k)`` of the ``k`` nearest."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        squared, indices = self.index_.search(queries, k)
+        return np.sqrt(np.maximum(squared, 0.0)), indices
+
+    def vectors(self, indices: np.ndarray) -> np.ndarray:
+        """Bank vectors at ``indices`` (any shape): array of shape ``indices.shape + (D,)``."""
+        flat = np.asarray(indices, dtype=np.int64).reshape(-1)
+        out = np.vstack([self.index_.reconstruct(int(i)) for i in flat]) if flat.size else None
+        if out is None:
+            return np.empty((*np.shape(indices), self.dim), dtype=np.float32)
+        return out.reshape(*np.shape(indices), self.dim)
+
+    def save(self, path: Path) -> None:
+        faiss.write_index(self.index_, str(path))
+
+    @classmethod
+    def load(cls, path: Path) -> MemoryBank:
+        index = faiss.read_index(str(path))
+        index_type = "hnsw" if isinstance(index, faiss.IndexHNSWFlat) else "flat"
+        bank = cls(index_type)
+        if index_type == "hnsw":
+            index.hnsw.efSearch = 64
+        bank.index_ = index
+        return bank

@@ -1,0 +1,313 @@
+"""The estimator contract shared by every anomaly model.
+
+scikit-learn style: ``__init__`` stores hyper-parameters only; ``fit(good_images)`` learns and
+returns ``self``; learned state lives in attributes ending in ``_``. ``calibrate`` sets the
+decision threshold on labelled validation images; ``predict`` gives scores, anomaly maps and
+(once calibrated) verdicts.
+
+Subclasses implement three hooks on backbone feature maps: ``_fit_begin``/``_fit_batch``/
+``_fit_end`` to learn, and ``_score_batch`` to score. Everything else (image loading, batching,
+threads, progress, calibration, maps) is here, once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from anomaly import calibration as calibration_module
+from anomaly.backbones import FeatureExtractor, create_feature_extractor
+from anomaly.errors import DataError, NotFittedError
+from anomaly.features import extract
+from anomaly.images import load_image
+from anomaly.maps import anomaly_map
+from anomaly.memory_bank import set_num_threads
+
+logger = logging.getLogger(__name__)
+
+ImageInput = np.ndarray | str | Path
+
+
+@dataclass
+class Prediction:
+    """Scores of a batch of images.
+
+    ``scores`` ``(n,)`` are raw image scores (higher = more anomalous); ``anomaly_maps`` holds one
+    ``(H, W)`` float32 map per image at that image's own size. Once the model is calibrated,
+    ``threshold`` and ``pixel_threshold`` are set and the normalised views and verdicts exist.
+    """
+
+    scores: np.ndarray
+    anomaly_maps: list[np.ndarray]
+    threshold: float | None = None
+    pixel_threshold: float | None = None
+
+    @property
+    def normalized_scores(self) -> np.ndarray | None:
+        """Scores divided by the threshold: 1.0 is the decision boundary."""
+        return None if self.threshold is None else self.scores / self.threshold
+
+    @property
+    def is_anomalous(self) -> np.ndarray | None:
+        return None if self.threshold is None else self.scores >= self.threshold
+
+    @property
+    def verdicts(self) -> list[str] | None:
+        flags = self.is_anomalous
+        return None if flags is None else ["NG" if flag else "OK" for flag in flags]
+
+    def normalized_map(self, index: int) -> np.ndarray:
+        """Anomaly map of image ``index`` divided by the calibrated pixel threshold."""
+        if self.pixel_threshold is None:
+            raise NotFittedError("normalised maps need a calibrated model: call calibrate() first")
+        return self.anomaly_maps[index] / self.pixel_threshold
+
+    @property
+    def map_maxima(self) -> np.ndarray:
+        return np.array([float(m.max()) for m in self.anomaly_maps])
+
+
+class AnomalyModel:
+    """Base class: backbone features in, image scores and anomaly maps out."""
+
+    model_name: ClassVar[str] = ""
+    #: True for models that learn from defect labels too (the supervised baseline).
+    supervised: ClassVar[bool] = False
+    default_layers: ClassVar[tuple[int, ...]] = (2, 3)
+
+    # ------------------------------------------------------------------ parameters
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        layers: Sequence[int] | None = None,
+        weights: str = "imagenet",
+        image_size: int = 256,
+        blur_sigma: float = 4.0,
+        batch_size: int = 16,
+        num_threads: int = 0,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        self.backbone = backbone
+        self.layers = layers
+        self.weights = weights
+        self.image_size = image_size
+        self.blur_sigma = blur_sigma
+        self.batch_size = batch_size
+        self.num_threads = num_threads
+        self.seed = seed
+        self.progress = progress
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        names: list[str] = []
+        for klass in reversed(cls.__mro__):
+            if "__init__" in vars(klass) and issubclass(klass, AnomalyModel):
+                for name, parameter in inspect.signature(klass.__init__).parameters.items():
+                    if name != "self" and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
+                        if name not in names:
+                            names.append(name)
+        return names
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyper-parameters as given to ``__init__`` (JSON-able), as in scikit-learn."""
+        params = {name: getattr(self, name) for name in self._param_names()}
+        if params.get("layers") is not None:
+            params["layers"] = [int(layer) for layer in params["layers"]]
+        return params
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{key}={value!r}" for key, value in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, images: Sequence[ImageInput], y: Any = None) -> AnomalyModel:
+        """Learn what good parts look like from ``images`` (good parts only).
+
+        ``images`` are RGB ``uint8`` arrays ``(H, W, 3)`` or paths to image files. ``y`` is
+        ignored (the model is unsupervised); it is accepted for scikit-learn compatibility.
+        """
+        images = list(images)
+        if not images:
+            raise DataError("fit needs at least one good image; got none")
+        self._check_params()
+        set_num_threads(self.num_threads)
+        torch.manual_seed(self.seed)
+        started = time.perf_counter()
+        self.extractor_ = self._make_extractor()
+        self._fit_begin(len(images))
+        for batch in self._batches(images, desc=f"{self.model_name}: features"):
+            feature_maps = extract(self.extractor_, batch, self.image_size)
+            self._fit_batch(feature_maps)
+        self._fit_end()
+        self.n_train_images_ = len(images)
+        self.fit_seconds_ = time.perf_counter() - started
+        self.backbone_sha256_ = self.extractor_.weights_sha256()
+        self.calibration_ = None
+        logger.info("%s fitted on %d images in %.1f s", self.model_name, len(images), self.fit_seconds_)
+        return self
+
+    def calibrate(
+        self,
+        images: Sequence[ImageInput],
+        labels: Sequence[int],
+        target_miss_rate: float = 0.05,
+        fallback_false_alarm_rate: float = 0.05,
+        confidence: float = 0.95,
+    ) -> AnomalyModel:
+        """Set the decision threshold on labelled validation images (1 = defect, 0 = good).
+
+        These images must not have been used by ``fit``. See :func:`anomaly.calibration.calibrate`
+        for the rule and for what happens when there are too few defects.
+        """
+        labels_array = np.asarray(labels, dtype=int)
+        if len(labels_array) != len(images):
+            raise DataError(f"calibrate got {len(images)} images but {len(labels_array)} labels")
+        prediction = self.predict(images)
+        return self.calibrate_from_scores(
+            prediction.scores,
+            labels_array,
+            prediction.map_maxima,
+            target_miss_rate=target_miss_rate,
+            fallback_false_alarm_rate=fallback_false_alarm_rate,
+            confidence=confidence,
+        )
+
+    def calibrate_from_scores(
+        self,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        map_maxima: np.ndarray,
+        target_miss_rate: float = 0.05,
+        fallback_false_alarm_rate: float = 0.05,
+        confidence: float = 0.95,
+    ) -> AnomalyModel:
+        """Calibrate from scores already computed on the validation images."""
+        labels = np.asarray(labels, dtype=int)
+        self.calibration_ = calibration_module.calibrate(
+            scores[labels == 0],
+            scores[labels == 1],
+            map_maxima[labels == 0],
+            map_maxima[labels == 1],
+            target_miss_rate=target_miss_rate,
+            fallback_false_alarm_rate=fallback_false_alarm_rate,
+            confidence=confidence,
+        )
+        logger.info("calibrated: %s", self.calibration_.summary())
+        return self
+
+    @property
+    def threshold_(self) -> float | None:
+        calibration = getattr(self, "calibration_", None)
+        return None if calibration is None else calibration.threshold
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, images: Sequence[ImageInput]) -> Prediction:
+        """Score ``images``: image scores, anomaly maps at each image's size, verdicts."""
+        self._check_fitted()
+        images = list(images)
+        scores: list[np.ndarray] = []
+        maps: list[np.ndarray] = []
+        for batch in self._batches(images, desc=f"{self.model_name}: scoring"):
+            batch_scores, batch_maps = self.score_arrays(batch)
+            scores.append(batch_scores)
+            maps.extend(batch_maps)
+        calibration = getattr(self, "calibration_", None)
+        return Prediction(
+            scores=np.concatenate(scores) if scores else np.empty(0),
+            anomaly_maps=maps,
+            threshold=None if calibration is None else calibration.threshold,
+            pixel_threshold=None if calibration is None else calibration.pixel_threshold,
+        )
+
+    def score_arrays(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Score one batch of loaded RGB images: scores ``(B,)`` and one map per image."""
+        self._check_fitted()
+        set_num_threads(self.num_threads)
+        feature_maps = extract(self.extractor_, images, self.image_size)
+        scores, patch_grids = self._score_batch(feature_maps)
+        maps = [
+            anomaly_map(grid, self.image_size, image.shape[:2], self.blur_sigma)
+            for grid, image in zip(patch_grids, images, strict=True)
+        ]
+        return scores, maps
+
+    # ------------------------------------------------------------------ hooks
+    def _check_params(self) -> None:
+        if self.image_size < 32:
+            raise DataError(f"image_size={self.image_size}: must be at least 32 pixels")
+        if self.batch_size < 1:
+            raise DataError(f"batch_size={self.batch_size}: must be at least 1")
+
+    def _fit_begin(self, n_images: int) -> None:
+        raise NotImplementedError
+
+    def _fit_batch(self, feature_maps: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def _fit_end(self) -> None:
+        raise NotImplementedError
+
+    def _score_batch(self, feature_maps: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """Image scores ``(B,)`` and patch-score grids ``(B, h, w)`` from backbone features."""
+        raise NotImplementedError
+
+    def state_tensors(self) -> dict[str, np.ndarray]:
+        """Learned arrays saved to the bundle's safetensors file."""
+        raise NotImplementedError
+
+    def load_state(self, tensors: dict[str, np.ndarray], bundle_dir: Path) -> None:
+        """Restore learned state from the bundle (the inverse of ``state_tensors``/extra files)."""
+        raise NotImplementedError
+
+    #: Extra files (beyond the safetensors) a fitted model writes into its bundle.
+    extra_files: ClassVar[tuple[str, ...]] = ()
+
+    def write_extra_files(self, bundle_dir: Path) -> None:
+        """Write ``extra_files`` into ``bundle_dir``."""
+
+    # ------------------------------------------------------------------ helpers
+    def _make_extractor(self) -> FeatureExtractor:
+        return create_feature_extractor(
+            self.backbone, self.layers or self.default_layers, self.weights
+        )
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "extractor_"):
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted: call fit(good_images) or load a bundle"
+            )
+
+    def _batches(self, images: list[ImageInput], desc: str) -> Iterator[list[np.ndarray]]:
+        show = self.progress and len(images) > self.batch_size
+        with tqdm(total=len(images), desc=desc, unit="img", disable=not show, leave=False) as bar:
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start : start + self.batch_size]
+                yield [_as_array(image) for image in chunk]
+                bar.update(len(chunk))
+
+
+def _as_array(image: ImageInput) -> np.ndarray:
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise DataError(f"image array of shape {array.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
+    if array.shape[2] == 4:
+        array = array[:, :, :3]
+    elif array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    if array.dtype != np.uint8:
+        raise DataError(f"image array of dtype {array.dtype}: expected uint8 (use anomaly.images)")
+    return np.ascontiguousarray(array)

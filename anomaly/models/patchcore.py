@@ -1,0 +1,182 @@
+"""PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from anomaly.coreset import StreamingCoreset
+from anomaly.errors import BundleError, DataError
+from anomaly.features import patch_features
+from anomaly.memory_bank import INDEX_TYPES, MemoryBank
+from anomaly.models.base import AnomalyModel
+
+logger = logging.getLogger(__name__)
+
+BANK_FILE = "memory_bank.faiss"
+
+
+class PatchCore(AnomalyModel):
+    """Nearest-neighbour anomaly detection against a coreset memory bank of good patches.
+
+    Each image becomes a grid of locally aware patch features (3x3 neighbourhood averages of two
+    mid-level backbone stages). Fitting keeps a greedy k-center coreset of the good images'
+    patches in a faiss index; a test patch's score is its distance to the nearest bank vector,
+    the image score the largest patch score re-weighted by how isolated that bank vector is.
+
+    Example:
+        >>> model = PatchCore(coreset_ratio=0.1).fit(good_images)          # doctest: +SKIP
+        >>> model.calibrate(val_images, val_labels, target_miss_rate=0.05)  # doctest: +SKIP
+        >>> prediction = model.predict(new_images)                          # doctest: +SKIP
+        >>> prediction.verdicts, prediction.anomaly_maps[0].shape           # doctest: +SKIP
+
+    Args:
+        coreset_ratio: share of training patches kept in the memory bank, in (0, 1].
+        projection_dim: dimension of the random projection the coreset distances use.
+        chunk_images: images per streaming coreset chunk (memory and time grow linearly).
+        feature_dim: patch features wider than this are averaged down to it.
+        num_neighbors: neighbours of the nearest bank vector used to re-weight the image score
+            (1 disables re-weighting).
+        index: ``"flat"`` (exact search) or ``"hnsw"`` (approximate, for very large banks).
+        Other arguments: see :class:`anomaly.models.base.AnomalyModel`.
+    """
+
+    model_name: ClassVar[str] = "patchcore"
+    default_layers: ClassVar[tuple[int, ...]] = (2, 3)
+    extra_files: ClassVar[tuple[str, ...]] = (BANK_FILE,)
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        layers: Sequence[int] | None = None,
+        weights: str = "imagenet",
+        image_size: int = 256,
+        coreset_ratio: float = 0.1,
+        projection_dim: int = 128,
+        chunk_images: int = 64,
+        feature_dim: int = 1024,
+        num_neighbors: int = 9,
+        index: str = "flat",
+        blur_sigma: float = 4.0,
+        batch_size: int = 16,
+        num_threads: int = 0,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(
+            backbone=backbone,
+            layers=layers,
+            weights=weights,
+            image_size=image_size,
+            blur_sigma=blur_sigma,
+            batch_size=batch_size,
+            num_threads=num_threads,
+            seed=seed,
+            progress=progress,
+        )
+        self.coreset_ratio = coreset_ratio
+        self.projection_dim = projection_dim
+        self.chunk_images = chunk_images
+        self.feature_dim = feature_dim
+        self.num_neighbors = num_neighbors
+        self.index = index
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if not 0.0 < self.coreset_ratio <= 1.0:
+            raise DataError(f"coreset_ratio={self.coreset_ratio}: must be in (0, 1]")
+        if self.index not in INDEX_TYPES:
+            raise DataError(f"index={self.index!r}: choose one of {', '.join(INDEX_TYPES)}")
+        if self.num_neighbors < 1:
+            raise DataError(f"num_neighbors={self.num_neighbors}: must be at least 1")
+
+    # ------------------------------------------------------------------ fit
+    def _fit_begin(self, n_images: int) -> None:
+        self._coreset = StreamingCoreset(self.coreset_ratio, self.projection_dim, self.seed)
+        self._pending: list[torch.Tensor] = []
+        self._pending_images = 0
+
+    def _fit_batch(self, feature_maps: list[torch.Tensor]) -> None:
+        features = patch_features(feature_maps, self.feature_dim)
+        self.patch_grid_ = tuple(features.shape[-2:])
+        self._pending.append(_flatten(features))
+        self._pending_images += features.shape[0]
+        if self._pending_images >= max(1, self.chunk_images):
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._coreset.add(torch.cat(self._pending))
+            self._pending, self._pending_images = [], 0
+
+    def _fit_end(self) -> None:
+        self._flush()
+        bank = self._coreset.bank().numpy()
+        self.n_train_patches_ = self._coreset.n_seen
+        del self._coreset, self._pending
+        self.memory_bank_ = MemoryBank(self.index).fit(bank)
+        logger.info(
+            "memory bank: %d of %d patches (%.2f%%), %d dims",
+            self.memory_bank_.size,
+            self.n_train_patches_,
+            100 * self.memory_bank_.size / max(1, self.n_train_patches_),
+            self.memory_bank_.dim,
+        )
+
+    # ------------------------------------------------------------------ score
+    def _score_batch(self, feature_maps: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        features = patch_features(feature_maps, self.feature_dim)
+        batch, _, height, width = features.shape
+        queries = _flatten(features).numpy()
+        distances, nearest = self.memory_bank_.search(queries, k=1)
+        patch_scores = distances[:, 0].reshape(batch, height * width)
+        nearest = nearest[:, 0].reshape(batch, height * width)
+        worst = patch_scores.argmax(axis=1)
+        rows = np.arange(batch)
+        image_scores = patch_scores[rows, worst]
+        if self.num_neighbors > 1 and self.memory_bank_.size > 1:
+            worst_features = queries.reshape(batch, height * width, -1)[rows, worst]
+            image_scores = image_scores * self._isolation_weights(
+                worst_features, nearest[rows, worst]
+            )
+        return image_scores.astype(np.float64), patch_scores.reshape(batch, height, width)
+
+    def _isolation_weights(self, test_features: np.ndarray, bank_indices: np.ndarray) -> np.ndarray:
+        """Paper eq. 7: down-weight a score whose nearest bank vector sits in a dense region.
+
+        ``w = 1 - softmax(d)_0`` over the distances ``d`` from the test patch to ``m*`` (its nearest
+        bank vector, position 0) and to ``m*``'s neighbours in the bank. An isolated ``m*`` (a rare
+        nominal pattern) keeps the score near 1x; a crowded one scales it towards ``1 - 1/b``.
+        """
+        k = min(self.num_neighbors, self.memory_bank_.size)
+        anchors = self.memory_bank_.vectors(bank_indices)
+        _, support = self.memory_bank_.search(anchors, k=k)
+        support_vectors = self.memory_bank_.vectors(support)  # (B, k, D)
+        distances = np.linalg.norm(support_vectors - test_features[:, None, :], axis=2)
+        distances -= distances.max(axis=1, keepdims=True)  # stable softmax
+        weights = np.exp(distances)
+        return 1.0 - weights[:, 0] / weights.sum(axis=1)
+
+    # ------------------------------------------------------------------ persistence
+    def state_tensors(self) -> dict[str, np.ndarray]:
+        return {"patch_grid": np.asarray(self.patch_grid_, dtype=np.int64)}
+
+    def write_extra_files(self, bundle_dir: Path) -> None:
+        self.memory_bank_.save(bundle_dir / BANK_FILE)
+
+    def load_state(self, tensors: dict[str, np.ndarray], bundle_dir: Path) -> None:
+        try:
+            self.memory_bank_ = MemoryBank.load(bundle_dir / BANK_FILE)
+        except Exception as error:  # faiss raises RuntimeError with a C++ trace
+            raise BundleError(f"{bundle_dir / BANK_FILE}: not a readable faiss index") from error
+        self.patch_grid_ = tuple(int(v) for v in tensors["patch_grid"])
+
+
+def _flatten(features: torch.Tensor) -> torch.Tensor:
+    """``(B, D, h, w)`` -> ``(B * h * w, D)`` contiguous float32."""
+    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).contiguous().float()

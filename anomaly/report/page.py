@@ -1,0 +1,453 @@
+"""Assemble the report's HTML5 page from a read run and its rendered images.
+
+Plain string building with :func:`html.escape` on every value that comes from a file: no
+template engine dependency, and one place (``_e``) through which all untrusted text passes.
+File names in a run directory come from the shop floor and may contain anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable
+from datetime import datetime
+from html import escape
+from urllib.parse import quote
+
+from anomaly import __version__
+from anomaly.heatmap import CONTOUR_LEVEL, SCALE_MAX
+from anomaly.report.assets import CSS, SCRIPT
+from anomaly.report.images import PartImages, Picture
+from anomaly.report.rundata import Part, RunData, as_float
+from anomaly.report.svg import colorbar_svg, histogram_svg, mini_colorbar_svg
+
+DASH = "—"
+
+METHODS = {
+    "miss_rate": "threshold set so that the share of defective validation parts scored below it "
+    "(missed) is at most the target miss rate",
+    "false_alarm_fallback": "too few defective validation parts to calibrate a miss rate; the "
+    "threshold was set from the good parts' scores (false-alarm rate) instead",
+}
+
+
+def _e(value: object) -> str:
+    """Escape text for HTML content and double-quoted attributes."""
+    return escape(str(value), quote=True)
+
+
+def _pct(rate: object) -> str:
+    number = as_float(rate)
+    return DASH if number is None else f"{100 * number:.1f}%"
+
+
+def _num(value: float | None, spec: str) -> str:
+    return DASH if value is None else format(value, spec)
+
+
+def _data(value: float | None) -> str:
+    """Full-precision number for the sort script; empty when unknown (sorted last)."""
+    return "" if value is None else repr(value)
+
+
+def _csp_hash(text: str) -> str:
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
+
+
+def content_security_policy() -> str:
+    """Policy forbidding every request but the report's own relative image files.
+
+    ``img-src 'self'`` admits the files next to the HTML (including over file://) but no
+    remote host, and only this exact inline style and script may run, so even a hostile file
+    name that slipped through escaping could neither load nor execute anything.
+    """
+    return (
+        "default-src 'none'; img-src 'self'; "
+        f"style-src {_csp_hash(CSS)}; script-src {_csp_hash(SCRIPT)}; "
+        "base-uri 'none'; form-action 'none'"
+    )
+
+
+def _img(picture: Picture | None, files_href: str, alt: str, *, lazy: bool = True) -> str:
+    if picture is None:
+        return ""
+    src = quote(f"{files_href}/{picture.src}")
+    loading = ' loading="lazy"' if lazy else ""
+    return (
+        f'<img src="{_e(src)}" width="{picture.width}" height="{picture.height}"'
+        f' alt="{_e(alt)}"{loading} decoding="async">'
+    )
+
+
+def _truth_text(part: Part) -> str:
+    """Ground truth in words, naming the model's mistake when it made one."""
+    if part.label is None:
+        return "defect (mask given)" if part.mask is not None else DASH
+    if part.label == 0:
+        return "good — false alarm" if part.verdict == "NG" else "good"
+    text = f"defect ({part.defect_type})" if part.defect_type else "defect"
+    return f"{text} — missed" if part.verdict == "OK" else text
+
+
+def _summary(run: RunData) -> str:
+    cal, meta = run.calibration, run.meta
+    validation = cal.get("validation") if isinstance(cal.get("validation"), dict) else {}
+    threshold = run.threshold
+    counts = {v: run.count(v) for v in ("OK", "NG", "ERROR")}
+    total = len(run.parts)
+
+    cards = "".join(
+        f'<div class="card {cls}"><span class="n">{n}</span>{label}</div>'
+        for cls, n, label in (
+            ("ok", counts["OK"], "OK (accepted)"),
+            ("ng", counts["NG"], "NG (rejected)"),
+            ("error", counts["ERROR"], "errors (not scored)"),
+            ("total", total, "parts in total"),
+        )
+    )
+
+    method = str(cal.get("method") or "")
+    method_text = (
+        f"{_e(method)} — {_e(METHODS[method])}" if method in METHODS else _e(method or DASH)
+    )
+
+    def rate_line(rate: str, upper: str, events: str, trials: str, noun: str) -> str:
+        n_events, n_trials = validation.get(events), validation.get(trials)
+        counted = (
+            f" ({_e(n_events)} of {_e(n_trials)} {noun})"
+            if n_events is not None and n_trials is not None
+            else ""
+        )
+        return (
+            f"{_pct(validation.get(rate))}{counted}; 95% upper bound {_pct(validation.get(upper))}"
+        )
+
+    seconds = as_float(meta.get("seconds"))
+    scored = counts["OK"] + counts["NG"]
+    timing = DASH
+    if seconds is not None:
+        timing = f"{seconds:.1f} s"
+        if scored:
+            timing += f" ({1000 * seconds / scored:.0f} ms per scored part)"
+    pixel_threshold = as_float(cal.get("pixel_threshold"))
+    facts = [
+        ("Model", _e(meta.get("model") or DASH)),
+        ("Category", _e(meta.get("category") or DASH)),
+        ("Model bundle", f'<span class="path">{_e(meta.get("model_dir") or DASH)}</span>'),
+        ("Threshold", f"{_num(threshold, '.6g')} (raw score; normalised score 1.0)"),
+        (
+            "Calibrated to",
+            f"target miss rate {_pct(cal.get('target_miss_rate'))}; method {method_text}",
+        ),
+        (
+            "Validation miss rate",
+            rate_line(
+                "miss_rate", "miss_rate_upper_95", "misses", "n_defect", "defective parts missed"
+            ),
+        ),
+        (
+            "Validation false-alarm rate",
+            rate_line(
+                "false_alarm_rate",
+                "false_alarm_rate_upper_95",
+                "false_alarms",
+                "n_good",
+                "good parts rejected",
+            ),
+        ),
+        ("Pixel threshold", f"{_num(pixel_threshold, '.6g')} (heatmap level 1.0)"),
+        ("Scoring time", timing),
+    ]
+    rows = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
+    notes = []
+    if cal.get("target_supported") is False:
+        notes.append(
+            "The validation set was too small to support the target miss rate: the "
+            "miss rate may be higher than the target. Treat verdicts with care."
+        )
+    if threshold is None:
+        notes.append(
+            "run.json has no calibration threshold: normalised scores and the "
+            "histogram's calibration curves cannot be shown."
+        )
+    if cal.get("note"):
+        notes.append(f"Calibration note: {cal['note']}")
+    warnings = "".join(f'<p class="warning">{_e(note)}</p>' for note in notes)
+    return (
+        f'<section id="summary"><h2>Summary</h2><div class="cards">{cards}</div>'
+        f'<dl class="facts">{rows}</dl>{warnings}</section>'
+    )
+
+
+def _histogram(run: RunData) -> str:
+    threshold = run.threshold
+    scores = [p.normalized for p in run.parts if p.normalized is not None]
+
+    def normalised(key: str) -> list[float]:
+        values = run.calibration.get(key)
+        if not threshold or not isinstance(values, list):
+            return []
+        numbers = [as_float(v) for v in values]
+        return [v / threshold for v in numbers if v is not None]
+
+    good, defect = normalised("scores_good"), normalised("scores_defect")
+    svg = histogram_svg(scores, good, defect)
+    above = sum(1 for s in scores if s >= 1.0)
+    caption = (
+        f"Scores of this run ({len(scores)} scored parts, {above} at or above the "
+        "threshold) against the validation scores used for calibration. Parts right of "
+        "the red line are rejected. A run whose bars sit far from the blue validation "
+        "curve may come from a changed process, camera or lighting."
+    )
+    if not good and not defect:
+        caption += " (No calibration scores in run.json.)"
+    return (
+        f'<section id="histogram"><h2>Score histogram</h2><figure>{svg}'
+        f"<figcaption>{_e(caption)}</figcaption></figure></section>"
+    )
+
+
+def _scale(run: RunData) -> str:
+    pixel = as_float(run.calibration.get("pixel_threshold"))
+    pixel_text = f" ({pixel:.6g})" if pixel is not None else ""
+    sentence = (
+        "Every heatmap uses this one fixed scale: the anomaly map is divided by the calibrated "
+        f"per-pixel threshold{pixel_text}, so the same colour means the same anomaly level in "
+        f"every image, good parts stay blue instead of being stretched to red, levels of "
+        f"{SCALE_MAX:g} and above are dark red, and the white contour encloses the pixels at "
+        f"or above {CONTOUR_LEVEL:g} (the threshold), where the model sees a defect."
+    )
+    return (
+        f'<div class="scale" id="scale"><figure>{colorbar_svg()}</figure>'
+        f"<p>{_e(sentence)}</p></div>"
+    )
+
+
+def _ordered(parts: Iterable[Part]) -> list[Part]:
+    """Highest normalised score first, unreadable files last, ties in CSV order.
+
+    The order a QA team works in: the surest rejections first. The # column keeps CSV order.
+    """
+    return sorted(parts, key=lambda p: (p.normalized is None, -(p.normalized or 0.0), p.index))
+
+
+def _table(run: RunData, images: dict[int, PartImages], files_href: str) -> str:
+    truth = run.has_ground_truth
+    counts = {v: run.count(v) for v in ("OK", "NG", "ERROR")}
+    boxes = "".join(
+        f'<label><input type="checkbox" data-verdict="{v}" checked> {v} ({counts[v]})</label>'
+        for v in ("NG", "OK", "ERROR")
+    )
+    controls = (
+        '<div id="table-controls" hidden><span>Show:</span>'
+        + boxes
+        + '<label>File contains <input type="search" id="file-filter"'
+        ' placeholder="part of a file name"></label>'
+        '<span id="shown-count" class="muted" aria-live="polite"></span></div>'
+    )
+    head = [
+        '<th data-sort="number">#</th>',
+        "<th>Image</th>",
+        '<th data-sort="text">File</th>',
+        '<th data-sort="number">Score</th>',
+        '<th data-sort="number">Normalised</th>',
+        '<th data-sort="text">Verdict</th>',
+    ]
+    if truth:
+        head.append('<th data-sort="text">Ground truth</th>')
+    head.append('<th data-sort="text">Error</th>')
+
+    body = []
+    for part in _ordered(run.parts):
+        rendered = images.get(part.index)
+        thumb = _img(rendered.thumbnail if rendered else None, files_href, "")
+        name = _e(part.file)
+        if part.verdict == "NG":
+            name = f'<a href="#ng-{part.index}">{name}</a>'
+        cells = [
+            f'<td class="num" data-value="{part.index}">{part.index}</td>',
+            f'<td class="thumb">{thumb}</td>',
+            f'<td class="path">{name}</td>',
+            f'<td class="num" data-value="{_data(part.score)}">{_num(part.score, ".4g")}</td>',
+            f'<td class="num" data-value="{_data(part.normalized)}">'
+            f"{_num(part.normalized, '.3f')}</td>",
+            f'<td><span class="verdict {part.verdict}">{part.verdict}</span></td>',
+        ]
+        if truth:
+            cells.append(f"<td>{_e(_truth_text(part))}</td>")
+        cells.append(f"<td>{_e(part.error)}</td>")
+        body.append(
+            f'<tr id="part-{part.index}" class="{part.verdict}"'
+            f' data-verdict="{part.verdict}" data-file="{_e(part.file.lower())}">'
+            + "".join(cells)
+            + "</tr>"
+        )
+    return (
+        '<section id="parts"><h2>All parts</h2>'
+        f'<p class="muted">{len(run.parts)} parts, highest score first (# is the row in '
+        "scores.csv). Rejected parts link to their details. Click a column title to sort.</p>"
+        + controls
+        + '<table id="parts-table"><thead><tr>'
+        + "".join(head)
+        + "</tr></thead><tbody>"
+        + "\n".join(body)
+        + "</tbody></table></section>"
+    )
+
+
+def _figure(
+    picture: Picture | None, files_href: str, alt: str, caption: str, missing: str, extra: str = ""
+) -> str:
+    if picture is None:
+        inner = f'<div class="missing">{_e(missing)}</div>'
+    else:
+        inner = _img(picture, files_href, alt)
+    return f"<figure>{inner}<figcaption>{_e(caption)}{extra}</figcaption></figure>"
+
+
+def _detail(part: Part, rendered: PartImages | None, run: RunData, files_href: str) -> str:
+    rendered = rendered or PartImages(part.index)
+    times = f"{part.normalized:.2f}× threshold" if part.normalized is not None else "score unknown"
+    raw = (
+        f"score {part.score:.4g} against threshold {run.threshold:.4g}"
+        if part.score is not None and run.threshold is not None
+        else ""
+    )
+    figures = [
+        _figure(
+            rendered.image, files_href, f"image of {part.file}", "Image", "image not available"
+        ),
+        _figure(
+            rendered.heatmap,
+            files_href,
+            f"heatmap of {part.file}",
+            "Heatmap on the fixed scale; white contour: at or above the pixel threshold",
+            "no heatmap available",
+            mini_colorbar_svg(),
+        ),
+    ]
+    truth_line = ""
+    if part.label is not None or part.mask is not None:
+        if part.label == 0:
+            truth_line = (
+                '<p class="truth-label false-alarm">Ground truth: good — this '
+                "rejection is a false alarm.</p>"
+            )
+        else:
+            truth_line = f'<p class="truth-label">Ground truth: {_e(_truth_text(part))}</p>'
+        if part.mask is not None:
+            area = (
+                f"; {100 * rendered.truth_area:.2f}% of the image"
+                if rendered.truth_area is not None
+                else ""
+            )
+            figures.append(
+                _figure(
+                    rendered.truth,
+                    files_href,
+                    f"ground truth of {part.file}",
+                    f"Ground truth mask (green){area}",
+                    "mask not available",
+                )
+            )
+    problems = "".join(f'<p class="warning">{_e(p)}</p>' for p in rendered.problems)
+    return (
+        f'<article class="detail" id="ng-{part.index}">'
+        f'<h3><a href="#part-{part.index}">#{part.index}</a> {_e(part.file)}</h3>'
+        f'<p class="score"><span class="times">{_e(times)}</span> '
+        f'<span class="muted">{_e(raw)}</span></p>{truth_line}'
+        f'<div class="figures">{"".join(figures)}</div>{problems}</article>'
+    )
+
+
+def _rejected(run: RunData, images: dict[int, PartImages], files_href: str) -> str:
+    ng = [p for p in _ordered(run.parts) if p.verdict == "NG"]
+    if not ng:
+        details = "<p>No part was rejected.</p>"
+    else:
+        details = "\n".join(_detail(p, images.get(p.index), run, files_href) for p in ng)
+    return (
+        f'<section id="rejected"><h2>Rejected parts ({len(ng)})</h2>'
+        f"{_scale(run)}{details}</section>"
+    )
+
+
+def _errors(run: RunData, images: dict[int, PartImages]) -> str:
+    errors = [p for p in run.parts if p.verdict == "ERROR"]
+    rows = "".join(
+        f'<tr><td class="num"><a href="#part-{p.index}">{p.index}</a></td>'
+        f'<td class="path">{_e(p.file)}</td><td>{_e(p.error)}</td></tr>'
+        for p in errors
+    )
+    body = (
+        f"<table><thead><tr><th>#</th><th>File</th><th>Reason</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+        if errors
+        else "<p>Every file could be read and scored.</p>"
+    )
+    # Problems met while building the report (a file moved since scoring, a heatmap missing)
+    # are listed too: the QA team should know which pictures they are not seeing, and why.
+    problems = [
+        (p, msg)
+        for p in run.parts
+        if p.verdict != "NG"
+        for msg in (images[p.index].problems if p.index in images else [])
+    ]
+    extra = ""
+    if problems:
+        items = "".join(
+            f'<li><a href="#part-{p.index}">#{p.index}</a> {_e(msg)}</li>' for p, msg in problems
+        )
+        extra = f"<h3>Pictures missing from this report</h3><ul>{items}</ul>"
+    return (
+        f'<section id="errors"><h2>Files that could not be read ({len(errors)})</h2>'
+        f"{body}{extra}</section>"
+    )
+
+
+def build_html(
+    run: RunData, images: dict[int, PartImages], files_href: str, generated: datetime
+) -> str:
+    """The complete page; ``files_href`` is the images folder relative to the HTML file."""
+    meta = run.meta
+    title = f"Inspection report — {meta.get('category') or run.run_dir.name}"
+    if meta.get("model"):
+        title += f" ({meta['model']})"
+    n_ng, n_err = run.count("NG"), run.count("ERROR")
+    nav = "".join(
+        f'<li><a href="#{anchor}">{_e(text)}</a></li>'
+        for anchor, text in (
+            ("summary", "Summary"),
+            ("histogram", "Score histogram"),
+            ("parts", "All parts"),
+            ("rejected", f"Rejected parts ({n_ng})"),
+            ("errors", f"Unreadable files ({n_err})"),
+        )
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{content_security_policy()}">\n'
+        '<meta name="referrer" content="no-referrer">\n'
+        f'<meta name="generator" content="anomaly {_e(__version__)}">\n'
+        f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f"<header><h1>{_e(title)}</h1>"
+        f'<p class="muted">Run <span class="path">{_e(run.run_dir)}</span> · report generated '
+        f"{_e(generated.strftime('%Y-%m-%d %H:%M'))}</p>"
+        f'<nav aria-label="Sections"><ul>{nav}</ul></nav></header>\n<main>\n'
+        + _summary(run)
+        + "\n"
+        + _histogram(run)
+        + "\n"
+        + _table(run, images, files_href)
+        + "\n"
+        + _rejected(run, images, files_href)
+        + "\n"
+        + _errors(run, images)
+        + "\n</main>\n"
+        f"<footer>Generated by anomaly {_e(__version__)}. This page and the folder "
+        f'<span class="path">{_e(files_href)}/</span> next to it are the whole report; it '
+        "makes no network requests.</footer>\n"
+        f"<script>{SCRIPT}</script>\n</body>\n</html>\n"
+    )

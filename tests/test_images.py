@@ -1,0 +1,203 @@
+"""anomaly.images: one output format for every input, precise errors, deterministic walks."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import save_image
+from PIL import Image
+
+from anomaly.errors import DataError, ImageReadError, NoImagesError
+from anomaly.images import IMAGE_EXTENSIONS, find_images, load_image, load_mask
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (12, 17, 3), dtype=np.uint8)
+
+
+def _pil_save(path: Path, image: Image.Image, fmt: str | None = None) -> Path:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt or path.suffix.lstrip(".").upper().replace("TIF", "TIFF"))
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def _check_format(image: np.ndarray, shape: tuple[int, int]) -> None:
+    assert image.shape == (*shape, 3)
+    assert image.dtype == np.uint8
+    assert image.flags.c_contiguous
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif", ".tiff"])
+def test_lossless_rgb_roundtrips_exactly(tmp_path: Path, suffix: str) -> None:
+    image = load_image(save_image(tmp_path / f"a{suffix}", RGB))
+    _check_format(image, RGB.shape[:2])
+    np.testing.assert_array_equal(image, RGB)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".jpeg"])
+def test_jpeg_is_rgb_and_close(tmp_path: Path, suffix: str) -> None:
+    flat = np.zeros((16, 16, 3), np.uint8)
+    flat[..., 0] = 200  # pure-ish red: would come back blue if channels were swapped
+    image = load_image(save_image(tmp_path / f"a{suffix}", flat))
+    _check_format(image, (16, 16))
+    assert abs(int(image[..., 0].mean()) - 200) < 6
+    assert image[..., 2].mean() < 10
+
+
+def test_grayscale_is_replicated(tmp_path: Path) -> None:
+    gray = RGB[..., 0]
+    image = load_image(save_image(tmp_path / "g.png", gray))
+    _check_format(image, gray.shape)
+    for c in range(3):
+        np.testing.assert_array_equal(image[..., c], gray)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_is_scaled_and_rounded(tmp_path: Path, suffix: str) -> None:
+    values = np.array([[0, 128, 129, 257, 65535, 32896]], dtype=np.uint16)
+    expected = np.rint(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    image = load_image(save_image(tmp_path / f"g16{suffix}", values))
+    _check_format(image, values.shape)
+    np.testing.assert_array_equal(image[..., 1], expected)
+
+    rgb16 = (RGB.astype(np.uint16) * 257)[..., :3]
+    np.testing.assert_array_equal(load_image(save_image(tmp_path / f"c16{suffix}", rgb16)), RGB)
+
+
+def test_alpha_is_dropped(tmp_path: Path) -> None:
+    alpha = RNG.integers(0, 256, RGB.shape[:2], dtype=np.uint8)[..., None]
+    rgba = np.concatenate([RGB, alpha], axis=2)
+    np.testing.assert_array_equal(load_image(save_image(tmp_path / "a.png", rgba)), RGB)
+    gray_alpha = Image.fromarray(np.stack([RGB[..., 0], alpha[..., 0]], axis=2), "LA")
+    image = load_image(_pil_save(tmp_path / "la.png", gray_alpha))
+    np.testing.assert_array_equal(image, np.repeat(RGB[..., :1], 3, axis=2))
+
+
+def test_palette_expands_to_colours(tmp_path: Path) -> None:
+    palette_image = Image.fromarray(RGB).quantize(colors=8)
+    image = load_image(_pil_save(tmp_path / "p.png", palette_image))
+    np.testing.assert_array_equal(image, np.asarray(palette_image.convert("RGB")))
+
+
+@pytest.mark.parametrize(("scale", "clip_to"), [(1.0, 1.0), (255.0, 255.0)])
+def test_float_tiff_range(tmp_path: Path, scale: float, clip_to: float) -> None:
+    values = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4) * scale
+    image = load_image(save_image(tmp_path / "f.tif", values))
+    expected = np.rint(values / clip_to * 255).astype(np.uint8)
+    np.testing.assert_array_equal(image[..., 0], expected)
+
+
+def test_pillow_fallback_for_formats_opencv_lacks(tmp_path: Path) -> None:
+    image = load_image(_pil_save(tmp_path / "a.gif", Image.fromarray(RGB[..., 0]), "GIF"))
+    np.testing.assert_array_equal(image[..., 0], RGB[..., 0])
+
+
+def test_unicode_path(tmp_path: Path) -> None:
+    path = save_image(tmp_path / "Prüfteil_検査.png", RGB)
+    np.testing.assert_array_equal(load_image(path), RGB)
+
+
+def _png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(RGB).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _jpeg_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("empty.png", b"", "empty file"),
+        ("noise.png", bytes(RNG.integers(0, 256, 500, dtype=np.uint8)), "not a decodable image"),
+        ("notes.jpg", b"this is a text file, not an image\n" * 5, "not a decodable image"),
+        ("cut.png", _png_bytes()[:200], "truncated"),
+        ("cut.jpg", _jpeg_bytes()[:-300], "truncated"),
+        ("bad.png", _png_bytes()[:40] + b"\x00" * 300 + _png_bytes()[-12:], "not a decodable"),
+    ],
+)
+def test_unreadable_files_raise_naming_the_file(
+    tmp_path: Path, name: str, content: bytes, reason: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=reason) as info:
+        load_image(path)
+    assert info.value.path == path
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_folder_raise(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match="file not found"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(ImageReadError, match="folder"):
+        load_image(tmp_path)
+
+
+def test_load_mask(tmp_path: Path) -> None:
+    mask = np.zeros((6, 5), np.uint8)
+    mask[1:3, 2:4] = 255
+    loaded = load_mask(save_image(tmp_path / "m.png", mask), shape=(6, 5, 3))
+    assert loaded.dtype == np.bool_
+    np.testing.assert_array_equal(loaded, mask > 0)
+
+    # 16-bit masks holding 1 must not vanish in a 255/65535 rescale.
+    ones = (mask > 0).astype(np.uint16)
+    np.testing.assert_array_equal(load_mask(save_image(tmp_path / "m16.png", ones)), mask > 0)
+
+    # An opaque alpha channel is not a defect.
+    rgba = np.zeros((6, 5, 4), np.uint8)
+    rgba[..., 3] = 255
+    assert not load_mask(save_image(tmp_path / "rgba.png", rgba)).any()
+
+
+def test_load_mask_size_mismatch_names_file_and_sizes(tmp_path: Path) -> None:
+    path = save_image(tmp_path / "m.png", np.zeros((6, 5), np.uint8))
+    with pytest.raises(DataError, match=r"m\.png: mask is 6x5 \(HxW\) but its image is 8x8"):
+        load_mask(path, shape=(8, 8))
+
+
+def test_extensions() -> None:
+    assert {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"} <= IMAGE_EXTENSIONS
+
+
+def test_find_images_walks_sorted_skipping_hidden(tmp_path: Path) -> None:
+    for rel in ["b.png", "a.JPG", "sub/c.tiff", "sub/deep/d.bmp", ".hidden.png", ".git/e.png"]:
+        save_image(tmp_path / rel, RGB)
+    (tmp_path / "readme.txt").write_text("not an image")
+    found = find_images([tmp_path])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "a.JPG",
+        "b.png",
+        "sub/c.tiff",
+        "sub/deep/d.bmp",
+    ]
+    flat = find_images([tmp_path], recursive=False)
+    assert [p.name for p in flat] == ["a.JPG", "b.png"]
+    assert find_images(tmp_path) == found  # a single path is accepted
+
+
+def test_find_images_keeps_direct_files_and_input_order(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("x")
+    image = save_image(tmp_path / "dir" / "a.png", RGB)
+    assert find_images([text, tmp_path / "dir", image]) == [text, image]
+
+
+def test_find_images_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"missing: no such file or folder"):
+        find_images([tmp_path / "missing"])
+    empty = tmp_path / "empty"
+    (empty / ".hidden").mkdir(parents=True)
+    save_image(empty / ".hidden" / "a.png", RGB)
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(NoImagesError, match=r"empty: no image files"):
+        find_images([empty])

@@ -1,0 +1,206 @@
+"""Built-in ``sealant`` category: determinism, exact masks, splits, on-disk layout, caching."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomaly.data import sealant
+from anomaly.data.layouts import load_mvtec
+from anomaly.data.sealant import (
+    DEFECT_TYPES,
+    SEALANT_VERSION,
+    SealantCounts,
+    ensure_sealant,
+    generate_sealant,
+    image_seed,
+    load_sealant,
+    render_part,
+)
+from anomaly.errors import DataError
+from anomaly.images import load_image, load_mask
+
+# One defect image per type and split, a few good ones: every code path, in about a second.
+SMALL = SealantCounts(
+    train_good=3, train_defect=1, val_good=2, val_defect=1, test_good=2, test_defect=1
+)
+
+
+@pytest.fixture(scope="module")
+def small_category(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_sealant(tmp_path_factory.mktemp("data"), seed=3, counts=SMALL, workers=1)
+
+
+def test_render_is_deterministic_per_seed() -> None:
+    image, mask = render_part(11)
+    again, mask_again = render_part(11)
+    assert image.shape == (256, 256, 3) and image.dtype == np.uint8
+    assert mask.shape == (256, 256) and mask.dtype == bool
+    assert image.tobytes() == again.tobytes()
+    assert not mask.any() and not mask_again.any()
+    assert render_part(12)[0].tobytes() != image.tobytes()
+
+    defect, defect_mask = render_part(11, defect="gap", severity=0.5)
+    defect_again, defect_mask_again = render_part(11, defect="gap", severity=0.5)
+    assert defect.tobytes() == defect_again.tobytes()
+    assert np.array_equal(defect_mask, defect_mask_again)
+
+
+@pytest.mark.parametrize("defect", DEFECT_TYPES)
+@pytest.mark.parametrize("severity", [1.0, 0.0])
+def test_mask_is_exactly_the_changed_pixels(defect: str, severity: float) -> None:
+    good, _ = render_part(5, defect=None)
+    image, mask = render_part(5, defect=defect, severity=severity)
+    changed = np.any(image != good, axis=2)
+    # The image differs from the defect-free render of the same seed nowhere outside the mask,
+    # and the mask adds to those changed pixels only narrow gaps and enclosed holes.
+    assert not (changed & ~mask).any()
+    assert not (mask & ~sealant.defect_mask(changed)).any()
+    assert mask.sum() <= 1.1 * changed.sum()
+    # Even the subtlest defect is a visible patch, not a few stray pixels.
+    assert mask.sum() >= 20
+    assert mask.mean() < 0.1
+
+
+@pytest.mark.parametrize("defect", DEFECT_TYPES)
+def test_severity_scales_the_defect(defect: str) -> None:
+    areas = [
+        np.mean([render_part(seed, defect=defect, severity=level)[1].sum() for seed in (1, 2)])
+        for level in (0.0, 1.0)
+    ]
+    assert areas[1] > 1.5 * areas[0]
+
+
+def test_render_rejects_bad_arguments() -> None:
+    with pytest.raises(DataError, match="unknown sealant defect"):
+        render_part(0, defect="crack")
+    with pytest.raises(DataError, match="severity"):
+        render_part(0, defect="gap", severity=1.5)
+    with pytest.raises(DataError, match="too small"):
+        render_part(0, size=32)
+
+
+def test_other_sizes_render() -> None:
+    image, mask = render_part(4, size=160, defect="smear", severity=0.5)
+    assert image.shape == (160, 160, 3) and mask.shape == (160, 160) and mask.any()
+
+
+def test_image_seed_depends_on_split_type_and_index_only() -> None:
+    seeds = {
+        image_seed(0, split, kind, i)
+        for split in ("train", "validation", "test")
+        for kind in ("good", *DEFECT_TYPES)
+        for i in range(3)
+    }
+    assert len(seeds) == 3 * 7 * 3
+    assert image_seed(0, "test", "good", 1) == image_seed(0, "test", "good", 1)
+    assert image_seed(0, "test", "good", 1) != image_seed(1, "test", "good", 1)
+
+
+def test_layout_on_disk(small_category: Path) -> None:
+    root = small_category
+    assert root.name == "sealant"
+    assert [p.name for p in root.parent.iterdir()] == ["sealant"]  # no temp folders left
+    stems = [p.stem for p in root.glob("*/*/*.png") if p.parent.parent.name != "ground_truth"]
+    assert len(stems) == len(set(stems)) == 3 + 2 + 2 + 3 * len(DEFECT_TYPES)
+    for split in ("train", "validation", "test"):
+        for kind in DEFECT_TYPES:
+            images = sorted((root / split / kind).glob("*.png"))
+            assert len(images) == 1, (split, kind)
+            mask_path = root / "ground_truth" / kind / f"{images[0].stem}_mask.png"
+            assert mask_path.is_file()
+    record = json.loads((root / "VERSION").read_text())
+    assert record["version"] == SEALANT_VERSION
+    assert record["seed"] == 3 and record["size"] == 256
+    assert record["counts"]["test_defect"] == 1
+
+
+def test_files_match_render_part(small_category: Path) -> None:
+    image = load_image(small_category / "test" / "good" / "test_good_001.png")
+    expected, _ = render_part(image_seed(3, "test", "good", 1))
+    assert np.array_equal(image, expected)
+
+    defect = load_image(small_category / "validation" / "bubble" / "val_bubble_000.png")
+    mask = load_mask(small_category / "ground_truth" / "bubble" / "val_bubble_000_mask.png")
+    expected, expected_mask = render_part(
+        image_seed(3, "validation", "bubble", 0), defect="bubble", severity=0.5
+    )
+    assert np.array_equal(defect, expected)
+    assert np.array_equal(mask, expected_mask)
+
+
+def test_loads_through_mvtec_loader(small_category: Path) -> None:
+    dataset = load_mvtec(small_category, name="sealant")
+    assert dataset.layout == "mvtec" and dataset.name == "sealant"
+    assert len(dataset.select("train", label=0)) == 3
+    assert len(dataset.select("val", label=0)) == 2
+    assert len(dataset.select("test", label=0)) == 2
+    for split in ("train", "val", "test"):
+        defects = dataset.select(split, label=1)
+        assert sorted(s.defect_type for s in defects) == sorted(DEFECT_TYPES)
+        assert all(s.mask_path is not None and s.mask_path.is_file() for s in defects)
+    for sample in dataset.samples:
+        if sample.label == 0:
+            assert sample.mask_path is None
+        else:
+            assert load_mask(sample.mask_path).any()
+
+
+def test_good_images_do_not_depend_on_counts(tmp_path: Path, small_category: Path) -> None:
+    fewer = SealantCounts(
+        train_good=1, train_defect=0, val_good=0, val_defect=0, test_good=2, test_defect=0
+    )
+    other = generate_sealant(tmp_path, seed=3, counts=fewer, workers=1)
+    for name in ("train/good/train_good_000.png", "test/good/test_good_001.png"):
+        assert (other / name).read_bytes() == (small_category / name).read_bytes()
+
+
+def test_ensure_reuses_and_regenerates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = ensure_sealant(tmp_path, seed=1, counts=SMALL)
+    marker = first / "train" / "good" / "marker.txt"
+    marker.write_text("left by the test")
+
+    assert ensure_sealant(tmp_path, seed=1, counts=SMALL) == first
+    assert marker.exists()  # reused as is
+
+    monkeypatch.setattr(sealant, "SEALANT_VERSION", "999.0.0")
+    assert ensure_sealant(tmp_path, seed=1, counts=SMALL) == first
+    assert not marker.exists()  # generator version changed: regenerated
+    assert json.loads((first / "VERSION").read_text())["version"] == "999.0.0"
+
+    marker.write_text("again")
+    ensure_sealant(tmp_path, seed=2, counts=SMALL)
+    assert not marker.exists()  # other seed: regenerated
+
+    (first / "VERSION").write_text("garbage")
+    ensure_sealant(tmp_path, seed=2, counts=SMALL)
+    assert json.loads((first / "VERSION").read_text())["seed"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sealant"]
+
+
+def test_parallel_generation_matches_serial(
+    tmp_path: Path, small_category: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sealant, "_PARALLEL_MIN_JOBS", 1)
+    parallel = generate_sealant(tmp_path, seed=3, counts=SMALL, workers=2)
+    files = sorted(p.relative_to(small_category) for p in small_category.rglob("*.png"))
+    assert files == sorted(p.relative_to(parallel) for p in parallel.rglob("*.png"))
+    for name in files:
+        assert (parallel / name).read_bytes() == (small_category / name).read_bytes()
+
+
+def test_load_sealant_generates_then_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_ensure = sealant.ensure_sealant
+
+    def small_ensure(data_dir: Path, **kwargs: object) -> Path:
+        return real_ensure(data_dir, counts=SMALL, workers=1)
+
+    monkeypatch.setattr(sealant, "ensure_sealant", small_ensure)
+    dataset = load_sealant(tmp_path, val_fraction=0.3, test_fraction=0.2, seed=4, unused=True)
+    assert dataset.name == "sealant"
+    assert (tmp_path / "sealant" / "VERSION").is_file()
+    summary_splits = {s.split for s in dataset.samples}
+    assert summary_splits == {"train", "val", "test"}
