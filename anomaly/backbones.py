@@ -190,7 +190,23 @@ def create_feature_extractor(
         ) from error
     if state is not None:
         _load_into_features(model, spec, state, name)
+    _drop_unused_blocks(model)
     return FeatureExtractor(name, model, spec, layers, source)
+
+
+def _drop_unused_blocks(model: nn.Module) -> None:
+    """Cut blocks after the deepest requested stage.
+
+    timm's EfficientNet feature model runs every block and only collects the requested outputs;
+    for stages (2, 3) the two deepest block groups are pure waste at inference time.
+    """
+    stage_out = getattr(model, "_stage_out_idx", None)
+    blocks = getattr(model, "blocks", None)
+    if not stage_out or not isinstance(blocks, nn.Sequential):
+        return
+    keep = max(stage_out)  # block i produces stage output i + 1
+    if 0 < keep < len(blocks):
+        model.blocks = blocks[:keep]
 
 
 def _resolve_weights(

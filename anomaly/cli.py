@@ -24,12 +24,14 @@ EXIT_OK, EXIT_NOTHING_SCORED, EXIT_ERROR = 0, 1, 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
-    _split_overrides(args)
+    # key=value overrides and score's paths may come before or after flags.
+    args, extra = parser.parse_known_args(argv)
+    _route_extra(parser, args, extra)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO if not args.quiet else logging.WARNING,
         format="%(message)s",
     )
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader chatters at INFO
     try:
         return args.handler(args)
     except AnomalyError as error:
@@ -107,6 +109,34 @@ def _split_files(bundle_dir: Path, split: str):
     return [s.path for s in samples], {Path(s.path): s for s in samples}
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from anomaly.config import EvaluateConfig, build_config
+    from anomaly.evaluation import evaluate_bundles
+
+    config = build_config(
+        EvaluateConfig,
+        args.config,
+        args.overrides,
+        **{"models": args.models, "split": args.split, "category": args.category,
+           "data_root": args.data_root, "out": args.out,
+           "plots": False if args.no_plots else None},
+    )
+    evaluation = evaluate_bundles(
+        list(config.models),
+        split=config.split,
+        category=config.category,
+        data_root=config.data_root,
+        out=config.out,
+        plots=config.plots,
+        batch_size=config.runtime.batch_size,
+        num_threads=config.runtime.num_threads,
+        progress=config.runtime.progress,
+        confidence=config.confidence,
+    )
+    print(evaluation.text())
+    return EXIT_OK
+
+
 def _categories(args: argparse.Namespace) -> int:
     from anomaly.data import list_categories
 
@@ -171,25 +201,54 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--report", action="store_true", help="also write report.html (report)")
     score.add_argument("--no-heatmaps", action="store_true", help="no overlay PNGs (heatmaps)")
     score.add_argument("--config", help="YAML config file merged before overrides")
-    score.set_defaults(handler=_score)
+    score.set_defaults(handler=_score, overrides=[])
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="every metric of one or several bundles on one labelled split",
+        description="Score bundles on a labelled split (default: the first bundle's own test "
+        "split) and report image AUROC, AP, F1-max, miss and false-alarm rates at the "
+        "calibrated threshold with 95%% intervals, trade-offs, pixel AUROC/AUPRO, per-defect-type "
+        "results, latency and model size. Writes evaluation.json, evaluation.txt and PNG plots.",
+    )
+    evaluate.add_argument("--model", dest="models", action="append", metavar="DIR",
+                          help="model bundle directory (models); repeat to compare several")
+    evaluate.add_argument("--split", help="split to evaluate on (split): test (default), val")
+    evaluate.add_argument("--category", help="evaluate on this category's split instead of the "
+                          "first bundle's own (category)")
+    evaluate.add_argument("--data-root", help="folder of categories for --category (data_root)")
+    evaluate.add_argument("--out", help="output folder (out); default runs/evaluate-<time>")
+    evaluate.add_argument("--no-plots", action="store_true", help="no PNG plots (plots)")
+    evaluate.add_argument("--config", help="YAML config file merged before overrides")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    evaluate.set_defaults(handler=_evaluate)
 
     categories = commands.add_parser("categories", help="list built-in and found categories")
     categories.add_argument("--data-root", help="folder of categories to look in")
     categories.add_argument("--json", action="store_true", help="machine-readable output")
-    categories.set_defaults(handler=_categories)
+    categories.set_defaults(handler=_categories, overrides=[])
 
     report = commands.add_parser("report", help="write report.html for a scoring run")
     report.add_argument("run_dir", help="run directory written by `anomaly score`")
-    report.set_defaults(handler=_report)
+    report.set_defaults(handler=_report, overrides=[])
     return parser
 
 
-def _split_overrides(args: argparse.Namespace) -> None:
-    """``score`` takes paths and key=value overrides in one list: tell them apart."""
-    if getattr(args, "paths", None) is not None:
-        items = list(args.paths)
-        args.overrides = [item for item in items if "=" in item and not Path(item).exists()]
-        args.paths = [item for item in items if item not in args.overrides]
+def _route_extra(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """Sort positional leftovers into ``key=value`` overrides and (for ``score``) paths."""
+    positional = list(getattr(args, "paths", None) or []) + list(
+        getattr(args, "overrides", None) or []
+    )
+    unknown_flags = [item for item in extra if item.startswith("-")]
+    if unknown_flags:
+        parser.error(f"unrecognized arguments: {' '.join(unknown_flags)}")
+    items = positional + extra
+    args.overrides = [item for item in items if "=" in item and not Path(item).exists()]
+    leftovers = [item for item in items if item not in args.overrides]
+    if hasattr(args, "paths"):
+        args.paths = leftovers
+    elif leftovers:
+        parser.error(f"unrecognized arguments: {' '.join(leftovers)} (overrides are key=value)")
 
 
 if __name__ == "__main__":

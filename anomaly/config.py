@@ -50,8 +50,11 @@ class PatchCoreConfig:
 
 @dataclass
 class PadimConfig:
-    n_features: int = 100
-    covariance_epsilon: float = 0.01
+    """Keys are the arguments of :class:`anomaly.models.padim.PaDiM` beyond the shared ones."""
+
+    n_features: int = 100  # random channel subset of the stacked stages (<= 176 for lite0)
+    covariance_epsilon: float = 0.01  # added to every covariance diagonal
+    memory_budget_mb: float = 1024.0  # refuse fits whose covariance sums would need more
     blur_sigma: float = 4.0
 
 
@@ -98,6 +101,20 @@ class ScoreConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
+@dataclass
+class EvaluateConfig:
+    """``anomaly evaluate``: every metric of one or several bundles on one labelled split."""
+
+    models: list[str] = field(default_factory=list)  # bundle directories; the first sets the split
+    split: str = "test"  # which split of the dataset (train/val/test)
+    category: str | None = None  # evaluate on this category instead of the first bundle's own
+    data_root: str | None = None  # folder of categories, for ``category``
+    out: str | None = None  # output folder; default runs/evaluate-<timestamp>
+    plots: bool = True  # ROC, score histograms and confusion matrices as PNG
+    confidence: float = 0.95  # of the Clopper-Pearson intervals
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
 def build_config(
     schema: type,
     config_file: str | Path | None = None,
@@ -135,4 +152,6 @@ def to_yaml(config: DictConfig) -> str:
 
 def _one_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    message = lines[0] if lines else type(error).__name__
+    key = getattr(error, "full_key", None)
+    return f"{key}: {message}" if key else message

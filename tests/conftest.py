@@ -66,3 +66,42 @@ def make_mvtec(
 def mvtec_category(tmp_path: Path) -> Path:
     """A tiny MVTec AD category ``tmp_path/data/widget`` (4 train, 4 good + 3 crack test)."""
     return make_mvtec(tmp_path / "data" / "widget")
+
+
+def textured_part(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """A 'good part': smooth stripes with sensor noise, so good images are not all identical."""
+    x = np.linspace(0, 4 * np.pi, size)
+    base = 120 + 40 * np.sin(x)[None, :] + rng.normal(0, 4, (size, size))
+    return np.repeat(np.clip(base, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def with_defect(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Paint a dark blob at a random place; returns the image and its mask."""
+    size = image.shape[0]
+    out, mask = image.copy(), np.zeros(image.shape[:2], np.uint8)
+    y, x = rng.integers(8, size - 16, 2)
+    out[y : y + 10, x : x + 10] = 20
+    mask[y : y + 10, x : x + 10] = 255
+    return out, mask
+
+
+def make_parts_category(
+    root: Path, n_train: int = 12, n_good: int = 12, n_defect: int = 12, size: int = 64
+) -> Path:
+    """An MVTec AD category of textured parts whose defects a real backbone can see."""
+    rng = np.random.default_rng(0)
+    for i in range(n_train):
+        save_image(root / "train" / "good" / f"train_{i:03d}.png", textured_part(rng, size))
+    for i in range(n_good):
+        save_image(root / "test" / "good" / f"good_{i:03d}.png", textured_part(rng, size))
+    for i in range(n_defect):
+        image, mask = with_defect(textured_part(rng, size), rng)
+        save_image(root / "test" / "blob" / f"blob_{i:03d}.png", image)
+        save_image(root / "ground_truth" / "blob" / f"blob_{i:03d}_mask.png", mask)
+    return root
+
+
+@pytest.fixture
+def parts_category(tmp_path: Path) -> Path:
+    """``tmp_path/data/parts``: 12 train, 12 good + 12 defect test images of 64 px."""
+    return make_parts_category(tmp_path / "data" / "parts")

@@ -356,6 +356,24 @@ def test_unreadable_pictures_are_reported_not_fatal(run):
     assert "Pictures missing from this report" in _section(html, "errors")
 
 
+def test_minimal_run_without_calibration(tmp_path, monkeypatch):
+    """An old or hand-made run dir (core columns only, no calibration) still gives a report."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cv2.imwrite(str(tmp_path / "a.png"), _texture(1))
+    (run_dir / "scores.csv").write_text(
+        "file,score,verdict\na.png,0.5,OK\nb.png,,ERROR\nc.png,nan,BOGUS\n", encoding="utf-8"
+    )
+    (run_dir / "run.json").write_text("{}", encoding="utf-8")
+    html = write_report(run_dir).read_text(encoding="utf-8")
+    page = _parse(html)
+    assert not page.errors and not page.stack
+    assert "no calibration threshold" in html
+    errors = _section(html, "errors")
+    assert "no reason recorded" in errors and "unknown verdict" in errors
+
+
 def test_bad_run_dir_and_options(tmp_path):
     with pytest.raises(DataError, match=r"run\.json"):
         (tmp_path / "empty").mkdir()

@@ -159,24 +159,27 @@ def test_good_images_do_not_depend_on_counts(tmp_path: Path, small_category: Pat
 
 
 def test_ensure_reuses_and_regenerates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = ensure_sealant(tmp_path, seed=1, counts=SMALL)
+    tiny = SealantCounts(
+        train_good=2, train_defect=0, val_good=0, val_defect=0, test_good=1, test_defect=1
+    )
+    first = ensure_sealant(tmp_path, seed=1, counts=tiny)
     marker = first / "train" / "good" / "marker.txt"
     marker.write_text("left by the test")
 
-    assert ensure_sealant(tmp_path, seed=1, counts=SMALL) == first
+    assert ensure_sealant(tmp_path, seed=1, counts=tiny) == first
     assert marker.exists()  # reused as is
 
     monkeypatch.setattr(sealant, "SEALANT_VERSION", "999.0.0")
-    assert ensure_sealant(tmp_path, seed=1, counts=SMALL) == first
+    assert ensure_sealant(tmp_path, seed=1, counts=tiny) == first
     assert not marker.exists()  # generator version changed: regenerated
     assert json.loads((first / "VERSION").read_text())["version"] == "999.0.0"
 
     marker.write_text("again")
-    ensure_sealant(tmp_path, seed=2, counts=SMALL)
+    ensure_sealant(tmp_path, seed=2, counts=tiny)
     assert not marker.exists()  # other seed: regenerated
 
     (first / "VERSION").write_text("garbage")
-    ensure_sealant(tmp_path, seed=2, counts=SMALL)
+    ensure_sealant(tmp_path, seed=2, counts=tiny)
     assert json.loads((first / "VERSION").read_text())["seed"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sealant"]
 

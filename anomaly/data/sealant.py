@@ -329,8 +329,8 @@ def _defect(
             kind,
             start=float(path.arc[idx]),
             centre=(float(centre[0]), float(centre[1])),
-            radius=_lerp(0.45, 0.95, t) * r,
-            amount=_lerp(0.45, 1.3, t),  # crater depth relative to the bead height
+            radius=_lerp(0.55, 1.05, t) * r,
+            amount=_lerp(0.5, 1.6, t),  # crater depth relative to the bead height
         )
     if kind == "smear":
         return _smear(rng, t, scene, path)
@@ -624,13 +624,18 @@ def _render(
         peaks_b = radii_b * scene.bead_aspect * defect.extra[0]
         _sweep(bead, centres, radii_b, peaks_b, exponent=0.6)
     elif defect is not None and defect.kind == "bubble":
-        # A burst pore: a crater in the bead, dark inside; deep ones open to the metal below.
-        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-        d = np.hypot(xs - defect.centre[0], ys - defect.centre[1]) / defect.radius
+        # A burst bubble: a crater with a slight lip, dark inside where sealant is left; deep
+        # ones go through and show the bright metal below.
+        axis = np.arange(size, dtype=np.float32)
+        dx = (axis[None, :] - defect.centre[0]) / defect.radius
+        dy = (axis[:, None] - defect.centre[1]) / defect.radius
+        d = np.sqrt(dx * dx + dy * dy)
         bowl = np.sqrt(np.clip(1 - d * d, 0, None))
         peak_here = scene.bead_aspect * scene.bead_radius
-        bead = np.clip(bead - defect.amount * peak_here * bowl, 0, None)
-        cavity = bowl
+        on_bead = np.clip(bead / (0.5 * peak_here), 0, 1)
+        lip = 0.2 * peak_here * np.exp(-(((d - 1.0) / 0.3) ** 2)) * on_bead
+        bead = np.clip(bead - defect.amount * peak_here * bowl, 0, None) + lip
+        cavity = bowl * np.clip(bead / (0.3 * peak_here), 0, 1)
     elif defect is not None and defect.kind == "smear":
         # A thin glossy film wiped onto the part: low, partly transparent, irregular width.
         c = np.asarray(defect.centre)
@@ -652,7 +657,7 @@ def _render(
     if film_alpha > 0:
         film_cov = film_alpha * np.clip(film / (0.4 * k), 0, 1)[..., None]
         albedo = albedo * (1 - film_cov) + bead_rgb * film_cov
-    albedo = albedo * (1 - 0.7 * cavity)[..., None]
+    albedo = albedo * (1 - 0.75 * cavity)[..., None]
     gloss = np.clip(coverage[..., 0] + film_alpha * np.clip(film / (0.4 * k), 0, 1), 0, 1)
     specular = specular * (1 - gloss) + 1.1 * gloss * (1 - 0.8 * cavity)
     shininess = shininess * (1 - gloss) + 70.0 * gloss

@@ -37,6 +37,7 @@ dl.facts dt { font-weight: 600; } dl.facts dd { margin: 0; }
   margin: 10px 0; }
 figure { margin: 0; }
 svg { max-width: 100%; height: auto; }
+svg.histogram { width: 100%; max-width: 1000px; }
 .verdict { display: inline-block; min-width: 3.6em; text-align: center; font-weight: 700;
   border-radius: 4px; padding: 0 6px; color: #fff; font-size: 0.85em; }
 .verdict.OK { background: var(--ok); } .verdict.NG { background: var(--ng); }
@@ -59,12 +60,12 @@ tr.NG { background: #fdf1f0; }
 tr.ERROR { background: #fff8e6; }
 .scale { display: flex; flex-wrap: wrap; gap: 8px 24px; align-items: center; }
 .scale p { max-width: 620px; margin: 0; }
-.detail { border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; margin: 14px 0;
-  content-visibility: auto; contain-intrinsic-size: auto 520px; }
+.detail { border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; margin: 14px 0; }
 .detail .score { margin: 0 0 8px; }
 .detail .times { font-size: 1.15em; font-weight: 700; color: var(--ng); }
-.figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr));
+.figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(280px, 1fr));
   gap: 12px; }
+.figures figure { max-width: 640px; }
 .figures img { display: block; width: 100%; height: auto; background: var(--bg-soft);
   border: 1px solid var(--line); }
 figcaption { font-size: 0.88em; color: var(--muted); margin-top: 3px; }
@@ -76,8 +77,8 @@ figcaption .mini-colorbar { display: block; margin-top: 2px; }
 .truth-label.false-alarm { color: var(--err); }
 footer { margin-top: 40px; padding: 12px 20px 30px; border-top: 1px solid var(--line);
   color: var(--muted); font-size: 0.85em; }
-@media print { thead th { position: static; } .detail { break-inside: avoid;
-  content-visibility: visible; } #table-controls { display: none; } }
+@media print { thead th { position: static; } .detail { break-inside: avoid; }
+  #table-controls { display: none; } }
 """
 
 # Plain ES5-level DOM code: no modules, no fetch, nothing a locked-down line PC browser lacks.

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from collections.abc import Iterable
 from datetime import datetime
 from html import escape
+from pathlib import PurePath
 from urllib.parse import quote
 
 from anomaly import __version__
@@ -69,15 +71,38 @@ def content_security_policy() -> str:
     )
 
 
-def _img(picture: Picture | None, files_href: str, alt: str, *, lazy: bool = True) -> str:
+def _img(picture: Picture | None, files_href: str, alt: str) -> str:
+    """Lazy image with its pixel size, so the page lays out before any image has loaded."""
     if picture is None:
         return ""
     src = quote(f"{files_href}/{picture.src}")
-    loading = ' loading="lazy"' if lazy else ""
     return (
         f'<img src="{_e(src)}" width="{picture.width}" height="{picture.height}"'
-        f' alt="{_e(alt)}"{loading} decoding="async">'
+        f' alt="{_e(alt)}" loading="lazy" decoding="async">'
     )
+
+
+def common_dir(files: Iterable[str]) -> str:
+    """Folder shared by every file path as written in the CSV, or "" when there is none.
+
+    A line camera writes every image under one long folder; printing it in each of 10,000 rows
+    hides the part of the name that differs. The table shows paths below this folder (the
+    full path stays in a tooltip) and says the folder once above it.
+    """
+    parents = [str(PurePath(f).parent) for f in files if f]
+    if not parents:
+        return ""
+    try:
+        common = os.path.commonpath(parents)
+    except ValueError:  # absolute and relative paths mixed: nothing in common to strip
+        return ""
+    return "" if common in ("", ".", os.sep) else common
+
+
+def _short(file: str, prefix: str) -> str:
+    if prefix and file.startswith(prefix):
+        return file[len(prefix) :].lstrip("/\\") or file
+    return file
 
 
 def _truth_text(part: Part) -> str:
@@ -215,8 +240,8 @@ def _scale(run: RunData) -> str:
         "Every heatmap uses this one fixed scale: the anomaly map is divided by the calibrated "
         f"per-pixel threshold{pixel_text}, so the same colour means the same anomaly level in "
         f"every image, good parts stay blue instead of being stretched to red, levels of "
-        f"{SCALE_MAX:g} and above are dark red, and the white contour encloses the pixels at "
-        f"or above {CONTOUR_LEVEL:g} (the threshold), where the model sees a defect."
+        f"{SCALE_MAX:.1f} and above are dark red, and the white contour encloses the pixels at "
+        f"or above {CONTOUR_LEVEL:.1f} (the threshold), where the model sees a defect."
     )
     return (
         f'<div class="scale" id="scale"><figure>{colorbar_svg()}</figure>'
@@ -232,7 +257,7 @@ def _ordered(parts: Iterable[Part]) -> list[Part]:
     return sorted(parts, key=lambda p: (p.normalized is None, -(p.normalized or 0.0), p.index))
 
 
-def _table(run: RunData, images: dict[int, PartImages], files_href: str) -> str:
+def _table(run: RunData, images: dict[int, PartImages], files_href: str, prefix: str) -> str:
     truth = run.has_ground_truth
     counts = {v: run.count(v) for v in ("OK", "NG", "ERROR")}
     boxes = "".join(
@@ -244,14 +269,15 @@ def _table(run: RunData, images: dict[int, PartImages], files_href: str) -> str:
         + boxes
         + '<label>File contains <input type="search" id="file-filter"'
         ' placeholder="part of a file name"></label>'
-        '<span id="shown-count" class="muted" aria-live="polite"></span></div>'
+        '<span id="shown-count" class="muted" aria-live="polite"></span>'
+        '<span class="muted">Click a column title to sort.</span></div>'
     )
     head = [
         '<th data-sort="number">#</th>',
         "<th>Image</th>",
         '<th data-sort="text">File</th>',
         '<th data-sort="number">Score</th>',
-        '<th data-sort="number">Normalised</th>',
+        '<th data-sort="number" title="score ÷ threshold; 1.0 is the threshold">Normalised</th>',
         '<th data-sort="text">Verdict</th>',
     ]
     if truth:
@@ -262,13 +288,13 @@ def _table(run: RunData, images: dict[int, PartImages], files_href: str) -> str:
     for part in _ordered(run.parts):
         rendered = images.get(part.index)
         thumb = _img(rendered.thumbnail if rendered else None, files_href, "")
-        name = _e(part.file)
+        name = _e(_short(part.file, prefix))
         if part.verdict == "NG":
             name = f'<a href="#ng-{part.index}">{name}</a>'
         cells = [
             f'<td class="num" data-value="{part.index}">{part.index}</td>',
             f'<td class="thumb">{thumb}</td>',
-            f'<td class="path">{name}</td>',
+            f'<td class="path" title="{_e(part.file)}">{name}</td>',
             f'<td class="num" data-value="{_data(part.score)}">{_num(part.score, ".4g")}</td>',
             f'<td class="num" data-value="{_data(part.normalized)}">'
             f"{_num(part.normalized, '.3f')}</td>",
@@ -286,7 +312,9 @@ def _table(run: RunData, images: dict[int, PartImages], files_href: str) -> str:
     return (
         '<section id="parts"><h2>All parts</h2>'
         f'<p class="muted">{len(run.parts)} parts, highest score first (# is the row in '
-        "scores.csv). Rejected parts link to their details. Click a column title to sort.</p>"
+        "scores.csv). Rejected parts link to their details."
+        + (f' Files are under <span class="path">{_e(prefix)}</span>.' if prefix else "")
+        + "</p>"
         + controls
         + '<table id="parts-table"><thead><tr>'
         + "".join(head)
@@ -306,7 +334,9 @@ def _figure(
     return f"<figure>{inner}<figcaption>{_e(caption)}{extra}</figcaption></figure>"
 
 
-def _detail(part: Part, rendered: PartImages | None, run: RunData, files_href: str) -> str:
+def _detail(
+    part: Part, rendered: PartImages | None, run: RunData, files_href: str, prefix: str
+) -> str:
     rendered = rendered or PartImages(part.index)
     times = f"{part.normalized:.2f}× threshold" if part.normalized is not None else "score unknown"
     raw = (
@@ -354,19 +384,20 @@ def _detail(part: Part, rendered: PartImages | None, run: RunData, files_href: s
     problems = "".join(f'<p class="warning">{_e(p)}</p>' for p in rendered.problems)
     return (
         f'<article class="detail" id="ng-{part.index}">'
-        f'<h3><a href="#part-{part.index}">#{part.index}</a> {_e(part.file)}</h3>'
+        f'<h3><a href="#part-{part.index}">#{part.index}</a> '
+        f'<span title="{_e(part.file)}">{_e(_short(part.file, prefix))}</span></h3>'
         f'<p class="score"><span class="times">{_e(times)}</span> '
         f'<span class="muted">{_e(raw)}</span></p>{truth_line}'
         f'<div class="figures">{"".join(figures)}</div>{problems}</article>'
     )
 
 
-def _rejected(run: RunData, images: dict[int, PartImages], files_href: str) -> str:
+def _rejected(run: RunData, images: dict[int, PartImages], files_href: str, prefix: str) -> str:
     ng = [p for p in _ordered(run.parts) if p.verdict == "NG"]
     if not ng:
         details = "<p>No part was rejected.</p>"
     else:
-        details = "\n".join(_detail(p, images.get(p.index), run, files_href) for p in ng)
+        details = "\n".join(_detail(p, images.get(p.index), run, files_href, prefix) for p in ng)
     return (
         f'<section id="rejected"><h2>Rejected parts ({len(ng)})</h2>'
         f"{_scale(run)}{details}</section>"
@@ -415,6 +446,7 @@ def build_html(
     if meta.get("model"):
         title += f" ({meta['model']})"
     n_ng, n_err = run.count("NG"), run.count("ERROR")
+    prefix = common_dir(p.file for p in run.parts)
     nav = "".join(
         f'<li><a href="#{anchor}">{_e(text)}</a></li>'
         for anchor, text in (
@@ -440,9 +472,9 @@ def build_html(
         + "\n"
         + _histogram(run)
         + "\n"
-        + _table(run, images, files_href)
+        + _table(run, images, files_href, prefix)
         + "\n"
-        + _rejected(run, images, files_href)
+        + _rejected(run, images, files_href, prefix)
         + "\n"
         + _errors(run, images)
         + "\n</main>\n"

@@ -1,0 +1,307 @@
+"""PaDiM (Defard et al., "PaDiM: a Patch Distribution Modeling Framework for Anomaly Detection
+and Localization", ICPR 2020).
+
+Memory, for ``P`` grid positions and ``d = n_features`` dimensions (``P = 64 x 64 = 4096`` at
+``image_size=256`` on the stride-4 stage 1 of EfficientNet-Lite0, ``d = 100``):
+
+* fitted model in memory: ``P * (d + d^2) * 4`` bytes (float32 mean and inverse Cholesky
+  factor) = 166 MB at the defaults; in the bundle the factor's lower triangle only,
+  ``P * (d + d (d + 1) / 2) * 4`` bytes = 84 MB;
+* fit: running sums ``P * (d + d^2) * 8`` bytes (float64) = 331 MB at the defaults, plus the
+  model above while it is being built.
+
+Both grow with ``P * d^2``: quadratically in ``image_size`` and in ``n_features``. The fit
+refuses a configuration whose estimate exceeds ``memory_budget_mb`` before allocating anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from anomaly.errors import BundleError, DataError
+from anomaly.features import preprocess, stack_features
+from anomaly.models.base import AnomalyModel
+
+logger = logging.getLogger(__name__)
+
+#: Positions processed together when accumulating, factorising and scoring: bounds the
+#: temporaries to ``chunk * d^2`` values (41 MB of float64 at ``d = 100``).
+POSITION_CHUNK = 512
+
+
+def padim_memory_bytes(positions: int, dims: int) -> dict[str, int]:
+    """Memory of a PaDiM model on ``positions`` grid positions with ``dims`` features each.
+
+    Returns ``{"model": bytes of the learned float32 arrays in memory, "bundle": bytes of them
+    in the bundle (triangle packed), "fit": peak bytes of the fit's float64 running sums plus
+    the model being built}``.
+    """
+    model = positions * (dims + dims * dims) * 4
+    bundle = positions * (dims + dims * (dims + 1) // 2) * 4
+    sums = positions * (dims + dims * dims) * 8
+    return {"model": model, "bundle": bundle, "fit": sums + model}
+
+
+class PaDiM(AnomalyModel):
+    """One multivariate Gaussian per patch position over multi-stage backbone features.
+
+    Each image becomes a grid ``(h, w)`` of feature vectors: the chosen backbone stages are
+    brought to the finest stage's grid and concatenated, and a seeded random subset of
+    ``n_features`` channels is kept. Fitting estimates, at every position, the mean and the
+    covariance (plus ``covariance_epsilon * I``) of the good images' vectors from streaming
+    float64 sums. A test patch's score is its Mahalanobis distance to its position's Gaussian;
+    the image score is the largest patch score.
+
+    Example:
+        >>> model = PaDiM(n_features=100).fit(good_images)                  # doctest: +SKIP
+        >>> model.calibrate(val_images, val_labels, target_miss_rate=0.05)  # doctest: +SKIP
+        >>> prediction = model.predict(new_images)                          # doctest: +SKIP
+
+    Args:
+        n_features: channels kept (a seeded random subset of the concatenated stages); at most
+            the stages' total (176 for stages 1, 2, 3 of EfficientNet-Lite0).
+        covariance_epsilon: added to the covariance diagonal so it is invertible even where the
+            good images barely vary (and to damp directions seen in few images).
+        memory_budget_mb: refuse to fit when the estimated fit memory (see
+            :func:`padim_memory_bytes`) exceeds this many MiB.
+        Other arguments: see :class:`anomaly.models.base.AnomalyModel`.
+    """
+
+    model_name: ClassVar[str] = "padim"
+    # Stride 4, 8 and 16 stages of EfficientNet-Lite0 (24 + 40 + 112 = 176 channels): the
+    # stride-4 grid localises small defects; the deeper stages add context, as in the paper's
+    # first three ResNet stages.
+    default_layers: ClassVar[tuple[int, ...]] = (1, 2, 3)
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        layers: Sequence[int] | None = None,
+        weights: str = "imagenet",
+        image_size: int = 256,
+        n_features: int = 100,
+        covariance_epsilon: float = 0.01,
+        memory_budget_mb: float = 1024.0,
+        blur_sigma: float = 4.0,
+        batch_size: int = 16,
+        num_threads: int = 0,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(
+            backbone=backbone,
+            layers=layers,
+            weights=weights,
+            image_size=image_size,
+            blur_sigma=blur_sigma,
+            batch_size=batch_size,
+            num_threads=num_threads,
+            seed=seed,
+            progress=progress,
+        )
+        self.n_features = n_features
+        self.covariance_epsilon = covariance_epsilon
+        self.memory_budget_mb = memory_budget_mb
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.n_features < 1:
+            raise DataError(f"n_features={self.n_features}: must be at least 1")
+        if not self.covariance_epsilon > 0:
+            raise DataError(
+                f"covariance_epsilon={self.covariance_epsilon}: must be > 0 so every "
+                "covariance is invertible"
+            )
+        if not self.memory_budget_mb > 0:
+            raise DataError(f"memory_budget_mb={self.memory_budget_mb}: must be > 0")
+
+    # ------------------------------------------------------------------ fit
+    def _fit_begin(self, n_images: int) -> None:
+        channels, height, width = self._probe_grid()
+        dims = self.n_features
+        if dims > channels:
+            raise DataError(
+                f"n_features={dims}: backbone {self.backbone} stages "
+                f"{list(self.extractor_.layers)} give only {channels} channels"
+            )
+        positions = height * width
+        self.check_memory(positions, dims, (height, width))
+        self.patch_grid_ = (height, width)
+        rng = np.random.default_rng(self.seed)
+        self.channels_ = np.sort(rng.choice(channels, size=dims, replace=False)).astype(np.int64)
+        self._n = 0
+        # Sums of (x - shift) rather than x: shifting by a per-position reference (the first
+        # batch's mean) keeps S2 / n - m m^T free of cancellation when the mean is large
+        # compared with the spread, which float64 alone would not guarantee.
+        self._shift: torch.Tensor | None = None
+        self._sum = torch.zeros(positions, dims, dtype=torch.float64)
+        self._sum_outer = torch.zeros(positions, dims, dims, dtype=torch.float64)
+        logger.info(
+            "padim: %dx%d positions x %d of %d channels; fit sums %.0f MB, model %.0f MB",
+            height,
+            width,
+            dims,
+            channels,
+            positions * (dims + dims * dims) * 8 / 2**20,
+            padim_memory_bytes(positions, dims)["model"] / 2**20,
+        )
+
+    def check_memory(self, positions: int, dims: int, grid: tuple[int, int] | None = None) -> None:
+        """Raise :class:`DataError` when fitting ``positions x dims`` would exceed the budget."""
+        need = padim_memory_bytes(positions, dims)
+        budget = self.memory_budget_mb * 2**20
+        if need["fit"] > budget:
+            where = f"{grid[0]}x{grid[1]} = " if grid else ""
+            raise DataError(
+                f"padim at image_size={self.image_size} with n_features={dims}: {where}"
+                f"{positions} positions x {dims}^2 covariance entries need "
+                f"{need['fit'] / 2**20:.0f} MB to fit (model {need['model'] / 2**20:.0f} MB), "
+                f"over memory_budget_mb={self.memory_budget_mb:g}. Lower image_size or "
+                "padim.n_features, use coarser layers, or raise padim.memory_budget_mb"
+            )
+
+    def _probe_grid(self) -> tuple[int, int, int]:
+        """``(channels, h, w)`` of the stacked features at ``image_size``, from one blank image.
+
+        Known before the first batch so that the memory check runs before anything is allocated.
+        """
+        blank = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+        batch = preprocess([blank], self.image_size, self.extractor_.mean, self.extractor_.std)
+        with torch.inference_mode():
+            maps = self.extractor_(batch)
+        return sum(m.shape[1] for m in maps), *maps[0].shape[-2:]
+
+    def _embed(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
+        """Stacked, channel-subset features as ``(P, d, B)`` float32, positions row-major."""
+        features = stack_features(feature_maps)  # (B, C, h, w)
+        features = features.index_select(1, torch.from_numpy(self.channels_))
+        batch, dims = features.shape[:2]
+        return features.reshape(batch, dims, -1).permute(2, 1, 0).float()
+
+    @torch.inference_mode()
+    def _fit_batch(self, feature_maps: list[torch.Tensor]) -> None:
+        embedded = self._embed(feature_maps).double()  # (P, d, B)
+        if self._shift is None:
+            self._shift = embedded.mean(dim=2)  # (P, d)
+        centred = embedded - self._shift[:, :, None]
+        self._sum += centred.sum(dim=2)
+        for start in range(0, centred.shape[0], POSITION_CHUNK):
+            part = centred[start : start + POSITION_CHUNK]
+            # In place: S2[p] += X_p X_p^T without a (P, d, d) temporary.
+            self._sum_outer[start : start + POSITION_CHUNK].baddbmm_(part, part.transpose(1, 2))
+        self._n += centred.shape[2]
+
+    @torch.inference_mode()
+    def _fit_end(self) -> None:
+        n = self._n
+        positions, dims = self._sum.shape
+        mean_shifted = self._sum / n  # (P, d)
+        # Unbiased covariance; a single image has none, leaving epsilon * I.
+        denominator = max(n - 1, 1)
+        # Dense in memory: unpacking a triangle on every scored batch would cost as much as
+        # the product itself; the bundle stores the triangle only (see state_tensors).
+        factors = np.empty((positions, dims, dims), dtype=np.float32)
+        eye = torch.eye(dims, dtype=torch.float64)
+        for start in range(0, positions, POSITION_CHUNK):
+            stop = min(start + POSITION_CHUNK, positions)
+            m = mean_shifted[start:stop]
+            covariance = (self._sum_outer[start:stop] - n * m[:, :, None] * m[:, None, :])
+            covariance = covariance / denominator + self.covariance_epsilon * eye
+            # Sigma = L L^T, so (x - mu)^T Sigma^-1 (x - mu) = |L^-1 (x - mu)|^2: a sum of squares
+            # (never negative, unlike a float32 quadratic form with the inverse covariance).
+            cholesky, info = torch.linalg.cholesky_ex(covariance)
+            if bool((info != 0).any()):
+                bad = start + int(torch.nonzero(info)[0, 0])
+                raise DataError(
+                    f"padim: covariance at position {divmod(bad, self.patch_grid_[1])} is not "
+                    f"positive definite; raise padim.covariance_epsilon "
+                    f"(now {self.covariance_epsilon:g})"
+                )
+            inverse = torch.linalg.solve_triangular(
+                cholesky, eye.expand_as(cholesky), upper=False
+            )
+            factors[start:stop] = inverse.float().numpy()
+        self.mean_ = (mean_shifted + self._shift).float().numpy()  # (P, d)
+        self.inv_cholesky_ = factors  # (P, d, d), lower triangular
+        self.n_train_patches_ = n * positions
+        del self._sum, self._sum_outer, self._shift
+        logger.info(
+            "padim model: %d positions x %d dims, %.1f MB of float32 arrays",
+            positions,
+            dims,
+            self.state_nbytes() / 2**20,
+        )
+
+    def state_nbytes(self) -> int:
+        """Bytes of the learned arrays (what the model holds in memory beyond the backbone)."""
+        return int(self.mean_.nbytes + self.inv_cholesky_.nbytes + self.channels_.nbytes)
+
+    # ------------------------------------------------------------------ score
+    @torch.inference_mode()
+    def _score_batch(self, feature_maps: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        embedded = self._embed(feature_maps)  # (P, d, B)
+        positions, _, batch = embedded.shape
+        if positions != self.mean_.shape[0]:
+            raise DataError(
+                f"padim: features have {positions} positions but the model was fitted on "
+                f"{self.mean_.shape[0]} ({self.patch_grid_[0]}x{self.patch_grid_[1]}); "
+                f"image_size must stay {self.image_size}"
+            )
+        centred = embedded - torch.from_numpy(self.mean_)[:, :, None]
+        factors = torch.from_numpy(self.inv_cholesky_)
+        distances = torch.empty(positions, batch, dtype=torch.float32)
+        for start in range(0, positions, POSITION_CHUNK):
+            stop = min(start + POSITION_CHUNK, positions)
+            # |L^-1 (x - mu)|: the Mahalanobis distance, for all positions of the chunk at once.
+            whitened = torch.bmm(factors[start:stop], centred[start:stop])  # (chunk, d, B)
+            distances[start:stop] = whitened.square().sum(dim=1).sqrt()
+        height, width = self.patch_grid_
+        grids = distances.T.reshape(batch, height, width).numpy()
+        scores = grids.reshape(batch, -1).max(axis=1).astype(np.float64)
+        return scores, grids
+
+    # ------------------------------------------------------------------ persistence
+    def state_tensors(self) -> dict[str, np.ndarray]:
+        dims = self.mean_.shape[1]
+        rows, cols = np.tril_indices(dims)
+        # The upper triangle is zero: storing the lower one halves the bundle.
+        packed = self.inv_cholesky_.reshape(-1, dims * dims)[:, rows * dims + cols]
+        return {
+            "mean": self.mean_,
+            "inv_cholesky_tril": packed,  # (P, d (d + 1) / 2), lower triangle row by row
+            "channels": self.channels_,
+            "patch_grid": np.asarray(self.patch_grid_, dtype=np.int64),
+        }
+
+    def load_state(self, tensors: dict[str, np.ndarray], bundle_dir: Path) -> None:
+        missing = [k for k in ("mean", "inv_cholesky_tril", "channels", "patch_grid")
+                   if k not in tensors]
+        if missing:
+            raise BundleError(f"{bundle_dir}: padim arrays missing: {', '.join(missing)}")
+        mean = np.ascontiguousarray(tensors["mean"], dtype=np.float32)
+        packed = np.ascontiguousarray(tensors["inv_cholesky_tril"], dtype=np.float32)
+        channels = np.asarray(tensors["channels"], dtype=np.int64)
+        grid = tuple(int(v) for v in tensors["patch_grid"])
+        positions, dims = mean.shape
+        if (
+            len(grid) != 2
+            or grid[0] * grid[1] != positions
+            or channels.shape != (dims,)
+            or packed.shape != (positions, dims * (dims + 1) // 2)
+        ):
+            raise BundleError(
+                f"{bundle_dir}: padim arrays do not fit together (mean {mean.shape}, "
+                f"inv_cholesky_tril {packed.shape}, channels {channels.shape}, grid {grid})"
+            )
+        rows, cols = np.tril_indices(dims)
+        factors = np.zeros((positions, dims * dims), dtype=np.float32)
+        factors[:, rows * dims + cols] = packed
+        self.mean_, self.channels_ = mean, channels
+        self.inv_cholesky_ = factors.reshape(positions, dims, dims)
+        self.patch_grid_ = grid

@@ -1,0 +1,118 @@
+"""Benchmark one model on one category and print the figures the README quotes.
+
+Prints image AUROC on the test split, the test miss rate and false-alarm rate at the
+calibrated threshold, pixel AUROC / AUPRO where masks exist, fit seconds, inference ms/image
+(and the backbone's own forward time, to show what search and maps add), peak RSS and the
+memory-bank size, then writes them as JSON.
+
+    python benchmarks/run.py --category elpv
+    python benchmarks/run.py --category sealant --model padim image_size=224
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anomaly.config import FitConfig, build_config
+from anomaly.features import extract
+from anomaly.images import load_image
+from anomaly.pipeline import fit_category
+
+
+def backbone_ms_per_image(model, paths: list[Path], repeats: int = 3) -> float:
+    """The backbone's forward time alone on one batch, best of ``repeats`` (ms per image)."""
+    images = [load_image(p) for p in paths[: model.batch_size]]
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        with torch.inference_mode():
+            extract(model.extractor_, images, model.image_size)
+        best = min(best, time.perf_counter() - started)
+    return 1000 * best / len(images)
+
+
+def model_ms_per_image(model, paths: list[Path], repeats: int = 3) -> float:
+    """The whole model (backbone, search, maps) on the same batch, best of ``repeats``."""
+    images = [load_image(p) for p in paths[: model.batch_size]]
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model.score_arrays(images)
+        best = min(best, time.perf_counter() - started)
+    return 1000 * best / len(images)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--category", default="elpv")
+    parser.add_argument("--model", default="patchcore")
+    parser.add_argument("--data-root")
+    parser.add_argument("--out", help="bundle directory (default runs/benchmark/<cat>/<model>)")
+    parser.add_argument("--json", help="write the figures here too")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    out = args.out or f"runs/benchmark/{args.category}/{args.model}"
+    config = build_config(
+        FitConfig, None, args.overrides,
+        **{"data.category": args.category, "model": args.model, "data.root": args.data_root,
+           "out": out},
+    )
+    result = fit_category(config)
+    model, summary = result.model, result.summary
+    from anomaly.pipeline import load_dataset
+
+    test_paths = [s.path for s in load_dataset(config).select("test")]
+    backbone_ms = backbone_ms_per_image(model, test_paths)
+    steady_ms = model_ms_per_image(model, test_paths)
+    test = summary["test"]
+    op = test.get("operating_point") or {}
+    figures = {
+        "category": args.category,
+        "model": args.model,
+        "overrides": args.overrides,
+        "n_train_images": summary["n_train_images"],
+        "image_auroc": test.get("auroc"),
+        "test_miss_rate": op.get("miss_rate"),
+        "test_miss_rate_ci": op.get("miss_rate_ci"),
+        "test_false_alarm_rate": op.get("false_alarm_rate"),
+        "target_miss_rate": config.calibration.target_miss_rate,
+        "pixel_auroc": test.get("pixel_auroc"),
+        "aupro": test.get("aupro"),
+        "per_defect_type_auroc": test.get("per_defect_type_auroc"),
+        "fit_seconds": summary["fit_seconds"],
+        "inference_ms_per_image_end_to_end": test.get("ms_per_image"),
+        "inference_ms_per_image_batch": round(steady_ms, 1),
+        "backbone_ms_per_image": round(backbone_ms, 1),
+        "inference_over_backbone": round(steady_ms / backbone_ms, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "memory_bank_size": summary.get("memory_bank_size"),
+        "bundle_mb": summary["bundle_mb"],
+    }
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}" if value < 10 else f"{value:.1f}"
+        print(f"{key:<{width}}  {value}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2, default=_plain))
+    return 0
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

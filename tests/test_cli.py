@@ -1,0 +1,107 @@
+"""The CLI end to end on a tiny dataset the test writes itself."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from anomaly.cli import main
+
+FAST = ["image_size=64", "patchcore.coreset_ratio=0.25", "runtime.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def fitted_bundle(tmp_path_factory):
+    from tests.conftest import make_parts_category
+
+    root = tmp_path_factory.mktemp("cli") / "data"
+    make_parts_category(root / "parts")
+    out = root.parent / "bundle"
+    code = main(["fit", "--category", "parts", "--data-root", str(root), "--out", str(out),
+                 "data.val_fraction=0.5", *FAST])
+    assert code == 0
+    return root, out
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_fit_writes_a_complete_bundle_with_the_resolved_config(fitted_bundle, capsys):
+    _, bundle = fitted_bundle
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "config.yaml", "memory_bank.faiss", "metadata.json", "model.safetensors"]
+    config = (bundle / "config.yaml").read_text()
+    assert "category: parts" in config and "image_size: 64" in config
+    metadata = json.loads((bundle / "metadata.json").read_text())
+    assert metadata["calibration"]["threshold"] > 0
+    assert metadata["evaluation"]["test"]["auroc"] > 0.8
+
+
+def test_score_folder_writes_csv_and_heatmaps_and_records_bad_files(fitted_bundle, tmp_path, capsys):
+    root, bundle = fitted_bundle
+    folder = tmp_path / "incoming"
+    shutil.copytree(root / "parts" / "test", folder)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (folder / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "run"
+    assert main(["score", str(folder), "--model", str(bundle), "--out", str(out),
+                 "runtime.progress=false"]) == 0
+    rows = {Path(r["file"]).name: r for r in _rows(out / "scores.csv")}
+    assert len(rows) == 26
+    assert rows["broken.png"]["verdict"] == "ERROR" and rows["broken.png"]["error"]
+    assert rows["empty.jpg"]["error"].startswith("empty file")
+    rejected = [r for r in rows.values() if r["verdict"] == "NG"]
+    assert rejected, "the blobs should be rejected"
+    for row in rejected:
+        assert (out / row["heatmap"]).is_file()
+        assert float(row["normalized_score"]) >= 1.0
+    run = json.loads((out / "run.json").read_text())
+    assert run["counts"]["ERROR"] == 2
+    assert "scored 24 of 26 files" in capsys.readouterr().out
+
+
+def test_score_own_split_carries_ground_truth(fitted_bundle, tmp_path):
+    _, bundle = fitted_bundle
+    out = tmp_path / "split"
+    assert main(["score", "--split", "test", "--model", str(bundle), "--out", str(out),
+                 "runtime.progress=false"]) == 0
+    rows = _rows(out / "scores.csv")
+    assert {r["label"] for r in rows} == {"0", "1"}
+    assert all(r["mask"] for r in rows if r["label"] == "1")
+
+
+def test_nothing_scorable_exits_non_zero(fitted_bundle, tmp_path):
+    _, bundle = fitted_bundle
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    assert main(["score", str(bad), "--model", str(bundle), "--out", str(tmp_path / "r")]) == 1
+    assert _rows(tmp_path / "r" / "scores.csv")[0]["verdict"] == "ERROR"
+
+
+def test_unknown_category_is_a_one_line_error(tmp_path, capsys):
+    assert main(["fit", "--category", "nosuch", *FAST]) == 2
+    error = capsys.readouterr().err
+    assert "unknown category 'nosuch'" in error and "sealant" in error
+
+
+def test_bad_override_is_a_one_line_error(capsys):
+    assert main(["fit", "--category", "sealant", "image_size=big"]) == 2
+    assert "image_size" in capsys.readouterr().err
+
+
+def test_missing_bundle_is_named(tmp_path, capsys):
+    assert main(["score", str(tmp_path), "--model", str(tmp_path / "nomodel")]) == 2
+    assert "nomodel" in capsys.readouterr().err
+
+
+def test_categories_lists_builtin_and_found(fitted_bundle, capsys):
+    root, _ = fitted_bundle
+    assert main(["categories", "--data-root", str(root), "--json"]) == 0
+    names = {c["name"] for c in json.loads(capsys.readouterr().out)}
+    assert {"elpv", "sealant", "parts"} <= names

@@ -1,0 +1,56 @@
+"""Greedy k-center coreset: far-apart picks, streaming warm start, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from anomaly.coreset import StreamingCoreset, coreset_indices, greedy_kcenter
+
+
+def _clusters(centres: np.ndarray, per_cluster: int, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    points = [c + 0.01 * rng.standard_normal((per_cluster, centres.shape[1])) for c in centres]
+    return torch.from_numpy(np.concatenate(points).astype(np.float32))
+
+
+def _covering_radius(points: np.ndarray, centres: np.ndarray) -> float:
+    distances = np.linalg.norm(points[:, None, :] - centres[None, :, :], axis=2)
+    return float(distances.min(axis=1).max())
+
+
+def test_greedy_picks_one_point_in_each_far_cluster():
+    centres = np.eye(6, 16, dtype=np.float32) * 10
+    points = _clusters(centres, per_cluster=50)
+    chosen = greedy_kcenter(points, 6)
+    assert sorted(set(chosen // 50)) == list(range(6))
+
+
+def test_greedy_covers_better_than_random_sampling():
+    rng = np.random.default_rng(1)
+    points = rng.standard_normal((2000, 8)).astype(np.float32) ** 3  # heavy tails
+    chosen = coreset_indices(torch.from_numpy(points), ratio=0.02, projection_dim=8)
+    random = rng.choice(len(points), size=len(chosen), replace=False)
+    assert _covering_radius(points, points[chosen]) < _covering_radius(points, points[random])
+
+
+def test_streaming_does_not_spend_picks_on_patterns_already_covered():
+    centres = np.eye(3, 16, dtype=np.float32) * 10
+    first = _clusters(centres[:2], per_cluster=50, seed=0)
+    # The second chunk repeats the two known patterns and brings one new one.
+    second = torch.cat([_clusters(centres[:2], 45, seed=1), _clusters(centres[2:], 10, seed=2)])
+    coreset = StreamingCoreset(ratio=0.02, projection_dim=16, seed=0)
+    coreset.add(first)
+    coreset.add(second)
+    bank = coreset.bank().numpy()
+    assert len(bank) == 4
+    nearest_centre = np.linalg.norm(bank[:, None] - centres[None], axis=2).argmin(axis=1)
+    assert set(nearest_centre) == {0, 1, 2}
+
+
+def test_coreset_is_deterministic_for_a_seed():
+    points = torch.from_numpy(np.random.default_rng(3).standard_normal((500, 32)).astype(np.float32))
+    a = coreset_indices(points, 0.1, projection_dim=8, seed=7)
+    b = coreset_indices(points, 0.1, projection_dim=8, seed=7)
+    assert np.array_equal(a, b)
+    assert len(set(a)) == len(a) == 50

@@ -1,0 +1,139 @@
+"""PatchCore end to end in the library: detects, localises, is deterministic, persists safely."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomaly.bundle import load_bundle, save_bundle
+from anomaly.errors import BundleError, NotFittedError
+from anomaly.models import PatchCore
+from tests.conftest import textured_part, with_defect
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    train = [textured_part(rng) for _ in range(10)]
+    good = [textured_part(rng) for _ in range(8)]
+    pairs = [with_defect(textured_part(rng), rng) for _ in range(8)]
+    return train, good, [p[0] for p in pairs], [p[1] > 0 for p in pairs]
+
+
+@pytest.fixture(scope="module")
+def fitted(images):
+    train, good, defects, _ = images
+    model = PatchCore(image_size=64, coreset_ratio=0.25, progress=False).fit(train)
+    labels = [0] * len(good) + [1] * len(defects)
+    return model.calibrate(good + defects, labels, target_miss_rate=0.1)
+
+
+def test_defects_score_higher_than_good_parts(fitted, images):
+    _, good, defects, _ = images
+    scores = fitted.predict(good + defects).scores
+    assert scores[len(good) :].min() > np.median(scores[: len(good)])
+
+
+def test_anomaly_map_has_the_input_size_and_peaks_on_the_defect(fitted, images):
+    _, _, defects, masks = images
+    prediction = fitted.predict(defects[:4])
+    for anomaly_map, mask in zip(prediction.anomaly_maps, masks[:4], strict=True):
+        assert anomaly_map.shape == mask.shape
+        assert anomaly_map[mask].mean() > anomaly_map[~mask].mean()
+
+
+def test_fit_is_deterministic_for_a_seed(images):
+    train, good, _, _ = images
+    a = PatchCore(image_size=64, coreset_ratio=0.1, progress=False, seed=3).fit(train)
+    b = PatchCore(image_size=64, coreset_ratio=0.1, progress=False, seed=3).fit(train)
+    np.testing.assert_array_equal(a.predict(good).scores, b.predict(good).scores)
+
+
+def test_fit_returns_self_and_learned_state_ends_in_underscore(images):
+    model = PatchCore(image_size=64, coreset_ratio=0.1, progress=False)
+    assert model.fit(images[0]) is model
+    assert model.memory_bank_.size >= 1 and model.threshold_ is None
+
+
+def test_predict_before_fit_says_what_to_do():
+    with pytest.raises(NotFittedError, match="call fit"):
+        PatchCore().predict([np.zeros((8, 8, 3), np.uint8)])
+
+
+def test_verdicts_follow_the_calibrated_threshold(fitted, images):
+    _, good, defects, _ = images
+    prediction = fitted.predict(good + defects)
+    assert prediction.verdicts == ["NG" if s >= fitted.threshold_ else "OK" for s in prediction.scores]
+    np.testing.assert_allclose(prediction.normalized_scores, prediction.scores / fitted.threshold_)
+
+
+# --------------------------------------------------------------------------- bundles
+def test_bundle_round_trip_gives_identical_scores(fitted, images, tmp_path):
+    _, good, defects, _ = images
+    save_bundle(fitted, tmp_path / "model")
+    loaded = load_bundle(tmp_path / "model")
+    before, after = fitted.predict(good + defects), loaded.predict(good + defects)
+    np.testing.assert_array_equal(before.scores, after.scores)
+    np.testing.assert_array_equal(before.anomaly_maps[0], after.anomaly_maps[0])
+    assert loaded.threshold_ == fitted.threshold_
+    assert loaded.get_params() == fitted.get_params()
+
+
+def test_edited_metadata_is_refused(fitted, tmp_path):
+    bundle = save_bundle(fitted, tmp_path / "model")
+    metadata = json.loads((bundle / "metadata.json").read_text())
+    metadata["calibration"]["threshold"] *= 2
+    (bundle / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(BundleError, match="metadata was altered"):
+        load_bundle(bundle)
+
+
+def test_changed_index_file_is_refused(fitted, tmp_path):
+    bundle = save_bundle(fitted, tmp_path / "model")
+    with (bundle / "memory_bank.faiss").open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BundleError, match="memory_bank.faiss: contents changed"):
+        load_bundle(bundle)
+
+
+def test_pickle_in_a_bundle_is_refused(fitted, tmp_path):
+    bundle = save_bundle(fitted, tmp_path / "model")
+    (bundle / "model.pkl").write_bytes(pickle.dumps({"evil": True}))
+    with pytest.raises(BundleError, match="pickle-style files are never loaded: model.pkl"):
+        load_bundle(bundle)
+
+
+def test_pickle_disguised_as_safetensors_is_refused(tmp_path):
+    bundle = tmp_path / "model"
+    bundle.mkdir()
+    (bundle / "model.safetensors").write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(BundleError, match="metadata.json is missing"):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize("name", ["missing", "file"])
+def test_missing_or_wrong_bundle_path_is_named(tmp_path, name):
+    path = tmp_path / name
+    if name == "file":
+        path.write_text("not a bundle")
+    with pytest.raises(BundleError, match=str(path)):
+        load_bundle(path)
+
+
+def test_a_failed_save_leaves_the_previous_bundle_intact(fitted, tmp_path, monkeypatch):
+    bundle = save_bundle(fitted, tmp_path / "model")
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+
+    def crash(self, directory: Path) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PatchCore, "write_extra_files", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_bundle(fitted, tmp_path / "model")
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no half-written leftovers
+    load_bundle(bundle)
