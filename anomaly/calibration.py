@@ -88,8 +88,7 @@ class Calibration:
             )
         if v["false_alarm_rate"] is not None:
             parts.append(
-                f"false-alarm rate {v['false_alarm_rate']:.1%} "
-                f"({v['false_alarms']}/{v['n_good']})"
+                f"false-alarm rate {v['false_alarm_rate']:.1%} ({v['false_alarms']}/{v['n_good']})"
             )
         return ", ".join(parts)
 

@@ -28,7 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     _route_extra(parser, args, extra)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO if not args.quiet else logging.WARNING,
+        level=logging.DEBUG
+        if args.verbose
+        else logging.INFO
+        if not args.quiet
+        else logging.WARNING,
         format="%(message)s",
     )
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader chatters at INFO
@@ -50,8 +54,12 @@ def _fit(args: argparse.Namespace) -> int:
         FitConfig,
         args.config,
         args.overrides,
-        **{"data.category": args.category, "model": args.model,
-           "data.root": args.data_root, "out": args.out},
+        **{
+            "data.category": args.category,
+            "model": args.model,
+            "data.root": args.data_root,
+            "out": args.out,
+        },
     )
     result = fit_category(config)
     print(result.text())
@@ -67,9 +75,14 @@ def _score(args: argparse.Namespace) -> int:
         ScoreConfig,
         args.config,
         args.overrides,
-        **{"paths": args.paths or None, "model": args.model, "out": args.out,
-           "split": args.split, "report": args.report or None,
-           "heatmaps": False if args.no_heatmaps else None},
+        **{
+            "paths": args.paths or None,
+            "model": args.model,
+            "out": args.out,
+            "split": args.split,
+            "report": args.report or None,
+            "heatmaps": False if args.no_heatmaps else None,
+        },
     )
     model = load_bundle(config.model)
     model.progress = config.runtime.progress
@@ -87,8 +100,10 @@ def _score(args: argparse.Namespace) -> int:
         out,
         heatmaps=config.heatmaps,
         ground_truth=ground_truth,
-        run_info={"model_dir": str(Path(config.model).resolve()),
-                  "category": model.metadata_.get("data", {}).get("category")},
+        run_info={
+            "model_dir": str(Path(config.model).resolve()),
+            "category": model.metadata_.get("data", {}).get("category"),
+        },
     )
     print(run.summary())
     if config.report and run.n_scored:
@@ -117,9 +132,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         EvaluateConfig,
         args.config,
         args.overrides,
-        **{"models": args.models, "split": args.split, "category": args.category,
-           "data_root": args.data_root, "out": args.out,
-           "plots": False if args.no_plots else None},
+        **{
+            "models": args.models,
+            "split": args.split,
+            "category": args.category,
+            "data_root": args.data_root,
+            "out": args.out,
+            "plots": False if args.no_plots else None,
+        },
     )
     evaluation = evaluate_bundles(
         list(config.models),
@@ -177,8 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--category", help="category name (data.category), e.g. sealant, elpv")
     fit.add_argument("--model", help="model (model): patchcore")
-    fit.add_argument("--data-root", help="folder of categories in MVTec AD or folder layout "
-                     "(data.root)")
+    fit.add_argument(
+        "--data-root", help="folder of categories in MVTec AD or folder layout (data.root)"
+    )
     fit.add_argument("--out", help="bundle directory (out); default runs/<category>/<model>")
     fit.add_argument("--config", help="YAML config file merged before overrides")
     fit.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -192,12 +213,18 @@ def _parser() -> argparse.ArgumentParser:
         "rejected part and run.json. Bad files are recorded and skipped; the exit code is 1 "
         "only when nothing could be scored.",
     )
-    score.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders "
-                       "(searched recursively); key=value overrides may follow")
+    score.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="image files or folders (searched recursively); key=value overrides may follow",
+    )
     score.add_argument("--model", help="model bundle directory (model)")
     score.add_argument("--out", help="run directory (out); default runs/score-<time>")
-    score.add_argument("--split", help="score the model's own dataset split (split), with "
-                       "ground truth: train, val or test")
+    score.add_argument(
+        "--split",
+        help="score the model's own dataset split (split), with ground truth: train, val or test",
+    )
     score.add_argument("--report", action="store_true", help="also write report.html (report)")
     score.add_argument("--no-heatmaps", action="store_true", help="no overlay PNGs (heatmaps)")
     score.add_argument("--config", help="YAML config file merged before overrides")
@@ -211,11 +238,18 @@ def _parser() -> argparse.ArgumentParser:
         "calibrated threshold with 95%% intervals, trade-offs, pixel AUROC/AUPRO, per-defect-type "
         "results, latency and model size. Writes evaluation.json, evaluation.txt and PNG plots.",
     )
-    evaluate.add_argument("--model", dest="models", action="append", metavar="DIR",
-                          help="model bundle directory (models); repeat to compare several")
+    evaluate.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        metavar="DIR",
+        help="model bundle directory (models); repeat to compare several",
+    )
     evaluate.add_argument("--split", help="split to evaluate on (split): test (default), val")
-    evaluate.add_argument("--category", help="evaluate on this category's split instead of the "
-                          "first bundle's own (category)")
+    evaluate.add_argument(
+        "--category",
+        help="evaluate on this category's split instead of the first bundle's own (category)",
+    )
     evaluate.add_argument("--data-root", help="folder of categories for --category (data_root)")
     evaluate.add_argument("--out", help="output folder (out); default runs/evaluate-<time>")
     evaluate.add_argument("--no-plots", action="store_true", help="no PNG plots (plots)")
@@ -234,7 +268,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _route_extra(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+def _route_extra(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]
+) -> None:
     """Sort positional leftovers into ``key=value`` overrides and (for ``score``) paths."""
     positional = list(getattr(args, "paths", None) or []) + list(
         getattr(args, "overrides", None) or []

@@ -67,7 +67,7 @@ def patch_features(
 def stack_features(
     feature_maps: Sequence[torch.Tensor],
 ) -> torch.Tensor:
-    """Concatenate stages on the finest grid without neighbourhood pooling (PaDiM): ``(B, D, h, w)``."""
+    """Concatenate stages on the finest grid, no neighbourhood pooling (PaDiM): ``(B, D, h, w)``."""
     height, width = feature_maps[0].shape[-2:]
     resized = [
         maps

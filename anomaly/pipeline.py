@@ -88,15 +88,21 @@ class FitResult:
         test = s["test"]
         op = test.get("operating_point") or {}
         if test.get("auroc") is not None:
-            lines.append(f"test image AUROC {test['auroc']:.4f} ({test['n_good']} good, "
-                         f"{test['n_defect']} defect)")
+            lines.append(
+                f"test image AUROC {test['auroc']:.4f} ({test['n_good']} good, "
+                f"{test['n_defect']} defect)"
+            )
         if op.get("miss_rate") is not None:
-            lines.append(f"test at threshold: miss rate {op['miss_rate']:.1%}, false-alarm rate "
-                         f"{op['false_alarm_rate']:.1%}")
+            lines.append(
+                f"test at threshold: miss rate {op['miss_rate']:.1%}, false-alarm rate "
+                f"{op['false_alarm_rate']:.1%}"
+            )
         if test.get("pixel_auroc") is not None:
             lines.append(f"test pixel AUROC {test['pixel_auroc']:.4f}, AUPRO {test['aupro']:.4f}")
-        lines.append(f"inference {test['ms_per_image']:.0f} ms/image; bundle "
-                     f"{s['bundle_mb']:.1f} MB at {self.bundle_dir}")
+        lines.append(
+            f"inference {test['ms_per_image']:.0f} ms/image; bundle "
+            f"{s['bundle_mb']:.1f} MB at {self.bundle_dir}"
+        )
         return "\n".join(lines)
 
 
@@ -156,9 +162,7 @@ def fit_category(config: DictConfig) -> FitResult:
         "test": test_metrics,
         **model_facts(model),
     }
-    bundle = save_bundle(
-        model, out, to_yaml(config), {"data": data_info, "evaluation": summary}
-    )
+    bundle = save_bundle(model, out, to_yaml(config), {"data": data_info, "evaluation": summary})
     summary["bundle_mb"] = round(bundle_size_bytes(bundle) / 2**20, 2)
     return FitResult(model=model, bundle_dir=bundle, summary=summary)
 

@@ -141,7 +141,9 @@ def score_paths(
     run = ScoreRun(out_dir=out, rows=rows)
     calibration = getattr(model, "calibration_", None)
     started = time.perf_counter()
-    bar = tqdm(total=len(files), desc="scoring", unit="img", disable=not model.progress or not files)
+    bar = tqdm(
+        total=len(files), desc="scoring", unit="img", disable=not model.progress or not files
+    )
     with bar:
         for start in range(0, len(files), model.batch_size):
             batch_files = files[start : start + model.batch_size]

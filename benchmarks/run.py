@@ -63,9 +63,15 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     out = args.out or f"runs/benchmark/{args.category}/{args.model}"
     config = build_config(
-        FitConfig, None, args.overrides,
-        **{"data.category": args.category, "model": args.model, "data.root": args.data_root,
-           "out": out},
+        FitConfig,
+        None,
+        args.overrides,
+        **{
+            "data.category": args.category,
+            "model": args.model,
+            "data.root": args.data_root,
+            "out": out,
+        },
     )
     result = fit_category(config)
     model, summary = result.model, result.summary

@@ -48,12 +48,12 @@ def test_feature_extractor_gives_the_requested_stages():
 
 
 def test_unknown_backbone_is_named_in_the_error():
-    with pytest.raises(BackboneError, match="unknown backbone 'resnet999'.*efficientnet_lite0"):
+    with pytest.raises(BackboneError, match=r"unknown backbone 'resnet999'.*efficientnet_lite0"):
         create_feature_extractor("resnet999")
 
 
 def test_missing_weight_file_is_named_in_the_error(tmp_path):
-    with pytest.raises(BackboneError, match="nope.pth"):
+    with pytest.raises(BackboneError, match=r"nope\.pth"):
         create_feature_extractor("resnet18", weights=str(tmp_path / "nope.pth"))
 
 
@@ -66,7 +66,7 @@ def test_weights_that_cannot_be_downloaded_give_advice(monkeypatch):
         return real_create(name, pretrained=False, **kwargs)
 
     monkeypatch.setattr(backbones.timm, "create_model", offline_create)
-    with pytest.raises(BackboneError, match="backbone.weights=/path/to/weights.pth"):
+    with pytest.raises(BackboneError, match=r"backbone\.weights=/path/to/weights\.pth"):
         create_feature_extractor("resnet18")
 
 

@@ -27,7 +27,9 @@ def test_meets_the_target_on_validation_and_generalises():
     fresh_defects = rng.normal(2.5, 1, 100_000)
     assert abs((fresh_defects < result.threshold).mean() - 0.05) < 0.02
     fresh_good = rng.normal(0, 1, 100_000)
-    assert abs((fresh_good >= result.threshold).mean() - result.validation["false_alarm_rate"]) < 0.03
+    assert (
+        abs((fresh_good >= result.threshold).mean() - result.validation["false_alarm_rate"]) < 0.03
+    )
 
 
 def test_threshold_is_the_highest_that_meets_the_target():

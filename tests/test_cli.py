@@ -21,8 +21,19 @@ def fitted_bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli") / "data"
     make_parts_category(root / "parts")
     out = root.parent / "bundle"
-    code = main(["fit", "--category", "parts", "--data-root", str(root), "--out", str(out),
-                 "data.val_fraction=0.5", *FAST])
+    code = main(
+        [
+            "fit",
+            "--category",
+            "parts",
+            "--data-root",
+            str(root),
+            "--out",
+            str(out),
+            "data.val_fraction=0.5",
+            *FAST,
+        ]
+    )
     assert code == 0
     return root, out
 
@@ -35,7 +46,11 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_fit_writes_a_complete_bundle_with_the_resolved_config(fitted_bundle, capsys):
     _, bundle = fitted_bundle
     assert sorted(p.name for p in bundle.iterdir()) == [
-        "config.yaml", "memory_bank.faiss", "metadata.json", "model.safetensors"]
+        "config.yaml",
+        "memory_bank.faiss",
+        "metadata.json",
+        "model.safetensors",
+    ]
     config = (bundle / "config.yaml").read_text()
     assert "category: parts" in config and "image_size: 64" in config
     metadata = json.loads((bundle / "metadata.json").read_text())
@@ -43,15 +58,29 @@ def test_fit_writes_a_complete_bundle_with_the_resolved_config(fitted_bundle, ca
     assert metadata["evaluation"]["test"]["auroc"] > 0.8
 
 
-def test_score_folder_writes_csv_and_heatmaps_and_records_bad_files(fitted_bundle, tmp_path, capsys):
+def test_score_folder_writes_csv_and_heatmaps_and_records_bad_files(
+    fitted_bundle, tmp_path, capsys
+):
     root, bundle = fitted_bundle
     folder = tmp_path / "incoming"
     shutil.copytree(root / "parts" / "test", folder)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (folder / "empty.jpg").write_bytes(b"")
     out = tmp_path / "run"
-    assert main(["score", str(folder), "--model", str(bundle), "--out", str(out),
-                 "runtime.progress=false"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(folder),
+                "--model",
+                str(bundle),
+                "--out",
+                str(out),
+                "runtime.progress=false",
+            ]
+        )
+        == 0
+    )
     rows = {Path(r["file"]).name: r for r in _rows(out / "scores.csv")}
     assert len(rows) == 26
     assert rows["broken.png"]["verdict"] == "ERROR" and rows["broken.png"]["error"]
@@ -69,8 +98,21 @@ def test_score_folder_writes_csv_and_heatmaps_and_records_bad_files(fitted_bundl
 def test_score_own_split_carries_ground_truth(fitted_bundle, tmp_path):
     _, bundle = fitted_bundle
     out = tmp_path / "split"
-    assert main(["score", "--split", "test", "--model", str(bundle), "--out", str(out),
-                 "runtime.progress=false"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--split",
+                "test",
+                "--model",
+                str(bundle),
+                "--out",
+                str(out),
+                "runtime.progress=false",
+            ]
+        )
+        == 0
+    )
     rows = _rows(out / "scores.csv")
     assert {r["label"] for r in rows} == {"0", "1"}
     assert all(r["mask"] for r in rows if r["label"] == "1")

@@ -49,7 +49,9 @@ def test_streaming_does_not_spend_picks_on_patterns_already_covered():
 
 
 def test_coreset_is_deterministic_for_a_seed():
-    points = torch.from_numpy(np.random.default_rng(3).standard_normal((500, 32)).astype(np.float32))
+    points = torch.from_numpy(
+        np.random.default_rng(3).standard_normal((500, 32)).astype(np.float32)
+    )
     a = coreset_indices(points, 0.1, projection_dim=8, seed=7)
     b = coreset_indices(points, 0.1, projection_dim=8, seed=7)
     assert np.array_equal(a, b)

@@ -34,4 +34,6 @@ def test_saved_bank_gives_the_same_answers(tmp_path):
     bank.save(tmp_path / "bank.faiss")
     loaded = MemoryBank.load(tmp_path / "bank.faiss")
     assert np.array_equal(bank.search(queries)[1], loaded.search(queries)[1])
-    np.testing.assert_array_equal(bank.vectors(np.array([[1, 2]])), loaded.vectors(np.array([[1, 2]])))
+    np.testing.assert_array_equal(
+        bank.vectors(np.array([[1, 2]])), loaded.vectors(np.array([[1, 2]]))
+    )

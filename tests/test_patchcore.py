@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import pickle
 from pathlib import Path
 
@@ -67,7 +68,9 @@ def test_predict_before_fit_says_what_to_do():
 def test_verdicts_follow_the_calibrated_threshold(fitted, images):
     _, good, defects, _ = images
     prediction = fitted.predict(good + defects)
-    assert prediction.verdicts == ["NG" if s >= fitted.threshold_ else "OK" for s in prediction.scores]
+    assert prediction.verdicts == [
+        "NG" if s >= fitted.threshold_ else "OK" for s in prediction.scores
+    ]
     np.testing.assert_allclose(prediction.normalized_scores, prediction.scores / fitted.threshold_)
 
 
@@ -96,14 +99,14 @@ def test_changed_index_file_is_refused(fitted, tmp_path):
     bundle = save_bundle(fitted, tmp_path / "model")
     with (bundle / "memory_bank.faiss").open("ab") as handle:
         handle.write(b"\0")
-    with pytest.raises(BundleError, match="memory_bank.faiss: contents changed"):
+    with pytest.raises(BundleError, match=r"memory_bank\.faiss: contents changed"):
         load_bundle(bundle)
 
 
 def test_pickle_in_a_bundle_is_refused(fitted, tmp_path):
     bundle = save_bundle(fitted, tmp_path / "model")
     (bundle / "model.pkl").write_bytes(pickle.dumps({"evil": True}))
-    with pytest.raises(BundleError, match="pickle-style files are never loaded: model.pkl"):
+    with pytest.raises(BundleError, match=r"pickle-style files are never loaded: model\.pkl"):
         load_bundle(bundle)
 
 
@@ -111,7 +114,7 @@ def test_pickle_disguised_as_safetensors_is_refused(tmp_path):
     bundle = tmp_path / "model"
     bundle.mkdir()
     (bundle / "model.safetensors").write_bytes(pickle.dumps([1, 2, 3]))
-    with pytest.raises(BundleError, match="metadata.json is missing"):
+    with pytest.raises(BundleError, match=r"metadata\.json is missing"):
         load_bundle(bundle)
 
 
@@ -120,7 +123,7 @@ def test_missing_or_wrong_bundle_path_is_named(tmp_path, name):
     path = tmp_path / name
     if name == "file":
         path.write_text("not a bundle")
-    with pytest.raises(BundleError, match=str(path)):
+    with pytest.raises(BundleError, match=re.escape(str(path))):
         load_bundle(path)
 
 

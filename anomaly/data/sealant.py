@@ -36,8 +36,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing as mp
 import os
 import shutil
+import sys
 import tempfile
 import time
 import zlib
@@ -880,13 +882,22 @@ def generate_sealant(
     return target
 
 
+def _worker_init() -> None:
+    # One OpenCV thread per worker: the workers already occupy the cores.
+    cv2.setNumThreads(1)
+
+
 def _render_all(root: str, size: int, jobs: list[_Job], workers: int) -> None:
-    if workers <= 1 or len(jobs) < _PARALLEL_MIN_JOBS:
+    # fork only (Linux): workers inherit the loaded modules and, unlike spawn, never re-import
+    # the caller's __main__, which breaks unguarded scripts. Elsewhere, render in-process.
+    can_fork = sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+    if workers <= 1 or len(jobs) < _PARALLEL_MIN_JOBS or not can_fork:
         _run_chunk(root, size, jobs)
         return
     # Interleaved chunks balance the cheap good and the twice-rendered defect images.
     chunks = [jobs[i::workers] for i in range(workers)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    context = mp.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
         for future in [pool.submit(_run_chunk, root, size, chunk) for chunk in chunks]:
             future.result()
 

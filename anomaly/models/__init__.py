@@ -42,5 +42,12 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["MODEL_PATHS", "AnomalyModel", "PaDiM", "PatchCore", "Prediction", "model_class",
-           "model_names"]
+__all__ = [
+    "MODEL_PATHS",
+    "AnomalyModel",
+    "PaDiM",
+    "PatchCore",
+    "Prediction",
+    "model_class",
+    "model_names",
+]

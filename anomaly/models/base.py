@@ -113,9 +113,9 @@ class AnomalyModel:
         for klass in reversed(cls.__mro__):
             if "__init__" in vars(klass) and issubclass(klass, AnomalyModel):
                 for name, parameter in inspect.signature(klass.__init__).parameters.items():
-                    if name != "self" and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
-                        if name not in names:
-                            names.append(name)
+                    keyword = parameter.kind is parameter.POSITIONAL_OR_KEYWORD
+                    if name != "self" and keyword and name not in names:
+                        names.append(name)
         return names
 
     def get_params(self) -> dict[str, Any]:
@@ -153,7 +153,9 @@ class AnomalyModel:
         self.fit_seconds_ = time.perf_counter() - started
         self.backbone_sha256_ = self.extractor_.weights_sha256()
         self.calibration_ = None
-        logger.info("%s fitted on %d images in %.1f s", self.model_name, len(images), self.fit_seconds_)
+        logger.info(
+            "%s fitted on %d images in %.1f s", self.model_name, len(images), self.fit_seconds_
+        )
         return self
 
     def calibrate(
@@ -303,7 +305,9 @@ def _as_array(image: ImageInput) -> np.ndarray:
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise DataError(f"image array of shape {array.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
+        raise DataError(
+            f"image array of shape {array.shape}: expected (H, W), (H, W, 3) or (H, W, 4)"
+        )
     if array.shape[2] == 4:
         array = array[:, :, :3]
     elif array.shape[2] == 1:
