@@ -59,6 +59,27 @@ class PadimConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """Arguments of :class:`baselines.classifier.SupervisedClassifier` beyond the shared ones."""
+
+    # The baseline's own architecture and input size: backbone.name and image_size hold the
+    # unsupervised models' feature extractor. null = use backbone.name / image_size.
+    network: str | None = "mobilenet_v3_large"  # | efficientnet_lite0 | resnet18
+    input_size: int | None = 224
+    head: str = "binary"  # "binary" (1 logit) | "two_class" (2 logits, softmax)
+    imbalance: str = "class_weights"  # "class_weights" (n / 2n_c) | "sampler" | "none"
+    epochs: int = 6
+    patience: int = 2  # epochs without a lower validation miss rate before stopping
+    stop_false_alarm_rate: float = 0.05  # early stopping tracks the val miss rate at this budget
+    learning_rate: float = 0.001
+    weight_decay: float = 0.0001
+    train_batch_size: int = 32
+    augment: bool = True  # flips and rotations of at most max_rotation degrees
+    max_rotation: float = 10.0
+    blur_sigma: float = 4.0  # Grad-CAM map smoothing
+
+
+@dataclass
 class CalibrationConfig:
     target_miss_rate: float = 0.05
     fallback_false_alarm_rate: float = 0.05
@@ -84,8 +105,21 @@ class FitConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     patchcore: PatchCoreConfig = field(default_factory=PatchCoreConfig)
     padim: PadimConfig = field(default_factory=PadimConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+@dataclass
+class CompareConfig(FitConfig):
+    """``anomaly compare``: several models on one split, one table. Every ``fit`` key applies
+    to the models it concerns (``model`` is ignored); ``out`` is the comparison's folder."""
+
+    models: list[str] = field(default_factory=lambda: ["patchcore", "padim", "baseline"])
+    runs_dir: str = "runs"  # bundles are reused from / saved to <runs_dir>/<category>/<model>
+    refit: bool = False  # fit even when a bundle with the same split and config exists
+    learning_curve: bool = False  # also train the baseline on 5, 10, 25, 50, all train defects
+    learning_curve_defects: list[int] = field(default_factory=lambda: [5, 10, 25, 50])
 
 
 @dataclass

@@ -76,12 +76,16 @@ class FitResult:
         """A short human summary of the fit."""
         s = self.summary
         cal = self.model.calibration_
+        kind = "labelled" if "n_train_defects" in s else "good"
         lines = [
-            f"{s['model']} on {s['category']}: {s['n_train_images']} good training images, "
+            f"{s['model']} on {s['category']}: {s['n_train_images']} {kind} training images, "
             f"fit {s['fit_seconds']:.1f} s",
         ]
         if "memory_bank_size" in s:
             lines.append(f"memory bank: {s['memory_bank_size']} patches of {s['feature_dim']} dims")
+        if "initialisation" in s:
+            lines.append(f"initialisation: {s['initialisation']}; {s['n_train_defects']} labelled "
+                         f"train defects; best epoch {s['best_epoch']} of {s['epochs_run']}")
         lines.append(f"calibration: {cal.summary()}")
         if not cal.target_supported:
             lines.append(f"  note: {cal.note}")
@@ -174,4 +178,8 @@ def model_facts(model: AnomalyModel) -> dict[str, Any]:
     if bank is not None:
         facts["memory_bank_size"] = bank.size
         facts["feature_dim"] = bank.dim
+    # Models may state more (the baseline: its initialisation and labelled defects used).
+    summary_facts = getattr(model, "summary_facts", None)
+    if callable(summary_facts):
+        facts.update(summary_facts())
     return facts

@@ -13,7 +13,7 @@ import json
 import re
 import shutil
 import subprocess
-from html import escape
+from html import escape, unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -140,19 +140,20 @@ def make_run(root: Path) -> tuple[Path, list[dict[str, str]]]:
             "method": "miss_rate",
             "target_miss_rate": 0.05,
             "target_supported": True,
-            "validation": {
+            "confidence": 0.95,
+            "validation": {  # keys as anomaly.calibration writes them
                 "n_good": 40,
                 "n_defect": 30,
                 "misses": 1,
                 "false_alarms": 2,
                 "miss_rate": 1 / 30,
-                "miss_rate_upper_95": 0.1501,
+                "miss_rate_upper": 0.1501,
                 "false_alarm_rate": 0.05,
-                "false_alarm_rate_upper_95": 0.1496,
+                "false_alarm_rate_upper": 0.1496,
             },
             "scores_good": [1.0 + 0.02 * i for i in range(40)],
             "scores_defect": [1.9 + 0.15 * i for i in range(30)],
-            "note": "",
+            "note": "threshold keeps the validation miss rate at or under 5.0%",
         },
         "counts": {"OK": 4, "NG": 3, "ERROR": 2},
         "seconds": 3.21,
@@ -242,12 +243,10 @@ def test_report_page_is_complete_and_self_contained(run):
     for text in (
         "patchcore",
         "sealant",
-        "miss_rate",
-        "5.0%",
-        "3.3%",
-        "15.0%",
-        "(1 of 30",
-        "(2 of 40",
+        "target miss rate 5.0%; method miss_rate",
+        "3.3% (1 of 30 defective parts missed); 95% upper bound 15.0%",
+        "5.0% (2 of 40 good parts rejected); 95% upper bound 15.0%",
+        "threshold keeps the validation miss rate",
         "3.2 s",
     ):
         assert text in summary, text
@@ -363,13 +362,15 @@ def test_minimal_run_without_calibration(tmp_path, monkeypatch):
     run_dir.mkdir()
     cv2.imwrite(str(tmp_path / "a.png"), _texture(1))
     (run_dir / "scores.csv").write_text(
-        "file,score,verdict\na.png,0.5,OK\nb.png,,ERROR\nc.png,nan,BOGUS\n", encoding="utf-8"
+        "file,score,verdict\na.png,0.5,OK\nb.png,,ERROR\nc.png,nan,BOGUS\na.png,0.7,UNCALIBRATED\n",
+        encoding="utf-8",
     )
     (run_dir / "run.json").write_text("{}", encoding="utf-8")
     html = write_report(run_dir).read_text(encoding="utf-8")
     page = _parse(html)
     assert not page.errors and not page.stack
-    assert "no calibration threshold" in html
+    assert "no calibration threshold" in html and "no OK/NG verdict" in html
+    assert '<span class="verdict UNCALIBRATED">' in _section(html, "parts")
     errors = _section(html, "errors")
     assert "no reason recorded" in errors and "unknown verdict" in errors
 
@@ -457,6 +458,61 @@ def test_renders_in_headless_chromium(run, tmp_path):
     # texture (RGB ~150,140,120, absent from the page's own colours) fills many pixels.
     beige = np.all(np.abs(image.astype(int) - (120, 140, 150)) < 30, axis=2)
     assert beige.sum() > 5000, "thumbnails did not load"
+
+
+HARNESS = """<script>
+(function () {
+  var table = document.getElementById("parts-table"), out = {};
+  function shown() {
+    return Array.prototype.filter.call(table.tBodies[0].rows, function (r) { return !r.hidden; })
+      .map(function (r) { return r.id; });
+  }
+  function click(column) { table.tHead.rows[0].cells[column].querySelector("button").click(); }
+  out.initial = shown();
+  click(0); out.indexFirst = shown();
+  click(0); out.indexSecond = shown();
+  var ok = document.querySelector('input[data-verdict="OK"]');
+  ok.checked = false; ok.dispatchEvent(new Event("change"));
+  out.withoutOk = shown();
+  var box = document.getElementById("file-filter");
+  box.value = "NG_"; box.dispatchEvent(new Event("input"));
+  out.searched = shown();
+  out.count = document.getElementById("shown-count").textContent;
+  var pre = document.createElement("pre");
+  pre.id = "harness"; pre.textContent = JSON.stringify(out); document.body.appendChild(pre);
+})();
+</script></body>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH")
+def test_table_sorting_and_filtering_script(run, tmp_path):
+    """Drive the page's script in Chromium: sort by a column, filter by verdict and name."""
+    run_dir, rows = run
+    html = write_report(run_dir).read_text(encoding="utf-8")
+    # The test's own script needs the CSP lifted; the page's script is left as shipped.
+    html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html)
+    page = run_dir / "harness.html"
+    page.write_text(html.replace("</body>", HARNESS), encoding="utf-8")
+    result = _chromium(["--dump-dom", page.as_uri()], tmp_path / "profile")
+    assert not _page_errors(result.stderr), _page_errors(result.stderr)
+    found = re.search(r'<pre id="harness">(.*?)</pre>', result.stdout, re.S)
+    assert found, result.stdout[-2000:]
+    out = json.loads(unescape(found.group(1)))
+
+    def ids(indices):
+        return [f"part-{i}" for i in indices]
+
+    scored = [i for i, r in enumerate(rows) if r["score"]]
+    by_score = sorted(scored, key=lambda i: -float(rows[i]["normalized_score"]))
+    errors = [i for i, r in enumerate(rows) if not r["score"]]
+    assert out["initial"] == ids(by_score + errors)  # static order: worst first
+    assert out["indexFirst"] == ids(range(len(rows) - 1, -1, -1))
+    assert out["indexSecond"] == ids(range(len(rows)))
+    assert out["withoutOk"] == ids(i for i in range(len(rows)) if rows[i]["verdict"] != "OK")
+    assert out["searched"] == ids(
+        i for i, r in enumerate(rows) if r["verdict"] != "OK" and "ng_" in r["file"].lower()
+    )
+    assert out["count"] == f"Showing {len(out['searched'])} of {len(rows)} parts"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH")

@@ -39,7 +39,6 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import tempfile
 import time
 import zlib
@@ -271,10 +270,12 @@ class _Defect:
     kind: str
     start: float = 0.0  # arc length where the affected stretch starts, pixels
     length: float = 0.0  # affected stretch length, pixels
-    amount: float = 0.0  # kind-specific: depth, displacement, radius factor...
-    centre: tuple[float, float] = (0.0, 0.0)  # for point defects, image pixels
-    radius: float = 0.0
-    extra: tuple[float, ...] = ()
+    # Kind-specific: thinning width factor, offset displacement (px), excess elongation (px),
+    # bubble depth (x bead height), smear direction (radians).
+    amount: float = 0.0
+    centre: tuple[float, float] = (0.0, 0.0)  # point defects and smear start, image pixels
+    radius: float = 0.0  # excess/bubble radius, smear width (px)
+    extra: tuple[float, ...] = ()  # excess: (height factor,); smear: (opacity, wobble phase)
 
 
 def _lerp(lo: float, hi: float, t: float) -> float:
@@ -468,10 +469,10 @@ def _smooth_window(s: np.ndarray, start: float, length: float, ramp: float) -> n
     return w * w * (3 - 2 * w)
 
 
-def _bead_stamps(
+def _bead_line(
     scene: _Scene, path: _Path, defect: _Defect | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stamp centres, radii and peak heights of the bead, with a path-level defect applied."""
+    """Centre-line points, radii and peak heights of the bead, with a path defect applied."""
     r0 = scene.bead_radius
     s = path.arc
     total = float(s[-1])
@@ -606,7 +607,7 @@ def _render(
     base_height, albedo, specular, shininess = materials
     size, k = scene.size, scene.scale
     bead = np.zeros((size, size), np.float32)
-    points, radii, peaks = _bead_stamps(scene, path, defect)
+    points, radii, peaks = _bead_line(scene, path, defect)
     pick = np.arange(0, len(points), _SWEEP_STEP)
     if path.closed:
         pick = np.append(pick, 0)  # close the loop without a seam
@@ -617,7 +618,7 @@ def _render(
     film_alpha = 0.0
 
     if defect is not None and defect.kind == "excess":
-        # A blob: two or three overlapping domes taller than the bead, along the travel.
+        # A blob: a dome wider and taller than the bead, often drawn out along the travel.
         direction = path.normals[int(np.searchsorted(path.arc, defect.start))]
         along = np.array([-direction[1], direction[0]])
         c = np.asarray(defect.centre)
@@ -660,8 +661,11 @@ def _render(
         film_cov = film_alpha * np.clip(film / (0.4 * k), 0, 1)[..., None]
         albedo = albedo * (1 - film_cov) + bead_rgb * film_cov
     albedo = albedo * (1 - 0.75 * cavity)[..., None]
-    gloss = np.clip(coverage[..., 0] + film_alpha * np.clip(film / (0.4 * k), 0, 1), 0, 1)
-    specular = specular * (1 - gloss) + 1.1 * gloss * (1 - 0.8 * cavity)
+    on_film = film_alpha * np.clip(film / (0.4 * k), 0, 1)
+    gloss = np.clip(coverage[..., 0] + on_film, 0, 1)
+    # A smeared film is thinner and duller than the bead: a sheen, not a mirror-bright top.
+    shine = np.clip(1.1 * coverage[..., 0] + 0.35 * on_film, 0, 1.1)
+    specular = specular * (1 - gloss) + shine * (1 - 0.8 * cavity)
     shininess = shininess * (1 - gloss) + 70.0 * gloss
     height = base_height + bead + film
     return _shade(scene, height, albedo, specular, shininess)
@@ -670,7 +674,7 @@ def _render(
 def _sensor(scene: _Scene, image: np.ndarray) -> np.ndarray:
     """Add read and shot noise (the same draw for a clean and a defect render) and clip."""
     rng = np.random.default_rng(scene.noise_seed)
-    z = rng.standard_normal(image.shape).astype(np.float32)
+    z = rng.standard_normal(image.shape, dtype=np.float32)
     sigma = scene.read_noise + scene.shot_noise * np.sqrt(np.clip(image, 0, None))
     return np.clip(image + sigma * z, 0, 1)
 
@@ -699,10 +703,11 @@ def render_part(
     """Render one top-view photograph of a sealant bead and its defect mask.
 
     ``rng_seed`` fixes everything about the part; with ``defect`` set, the same seed gives the
-    same part with that defect added, and the image differs from the defect-free one exactly in
-    the returned mask. ``severity`` in [0, 1] (1 = obvious, 0 = subtle) sets the defect's size;
-    ``None`` draws it from the seed. Returns an RGB ``uint8`` image ``(size, size, 3)`` and a
-    ``bool`` mask ``(size, size)`` (all ``False`` for a good part).
+    same part with that defect added, and the image differs from the defect-free one only
+    inside the returned mask (see :func:`defect_mask`). ``severity`` in [0, 1] (1 = obvious,
+    0 = subtle) sets the defect's size; ``None`` draws it from the seed. Returns an RGB
+    ``uint8`` image ``(size, size, 3)`` and a ``bool`` mask ``(size, size)`` (all ``False``
+    for a good part).
     """
     if size < 64:
         raise DataError(f"sealant image size {size} is too small; use at least 64 pixels")
@@ -842,13 +847,17 @@ def generate_sealant(
     seed: int = 0,
     size: int = 256,
     counts: SealantCounts | None = None,
-    workers: int = 2,
+    workers: int = 1,
 ) -> Path:
     """Generate the category into ``out_dir/sealant`` (replacing it) and return that folder.
 
     Images go to a temporary folder next to the target, which is then renamed into place, so a
     reader never sees a half-written category and an interrupted run leaves the old one intact.
-    ``workers`` > 1 renders in that many processes when there are enough images to pay off.
+    ``workers`` > 1 renders in that many spawned processes (when there are at least
+    ``_PARALLEL_MIN_JOBS`` images). The default is 1: on 2 free cores two workers halve the
+    ~20 s of a full set, on a busy machine they gain nothing, and spawned workers re-import
+    the caller's ``__main__``, which fails in scripts without an ``if __name__ == "__main__"``
+    guard. (fork is not used: a forked child can hang in OpenCV's thread pool.)
     """
     counts = counts or SealantCounts()
     out_dir = Path(out_dir)
@@ -888,15 +897,13 @@ def _worker_init() -> None:
 
 
 def _render_all(root: str, size: int, jobs: list[_Job], workers: int) -> None:
-    # fork only (Linux): workers inherit the loaded modules and, unlike spawn, never re-import
-    # the caller's __main__, which breaks unguarded scripts. Elsewhere, render in-process.
-    can_fork = sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
-    if workers <= 1 or len(jobs) < _PARALLEL_MIN_JOBS or not can_fork:
+    if workers <= 1 or len(jobs) < _PARALLEL_MIN_JOBS:
         _run_chunk(root, size, jobs)
         return
-    # Interleaved chunks balance the cheap good and the twice-rendered defect images.
+    # spawn, not fork: a forked child can hang in OpenCV's thread pool once the parent has used
+    # it. Interleaved chunks balance the cheap good and the twice-rendered defect images.
     chunks = [jobs[i::workers] for i in range(workers)]
-    context = mp.get_context("fork")
+    context = mp.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
         for future in [pool.submit(_run_chunk, root, size, chunk) for chunk in chunks]:
             future.result()
@@ -925,7 +932,7 @@ def ensure_sealant(
     seed: int = 0,
     size: int = 256,
     counts: SealantCounts | None = None,
-    workers: int = 2,
+    workers: int = 1,
 ) -> Path:
     """Return ``data_dir/sealant``, generating it first if missing or from another version."""
     counts = counts or SealantCounts()

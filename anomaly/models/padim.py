@@ -5,10 +5,11 @@ Memory, for ``P`` grid positions and ``d = n_features`` dimensions (``P = 64 x 6
 ``image_size=256`` on the stride-4 stage 1 of EfficientNet-Lite0, ``d = 100``):
 
 * fitted model in memory: ``P * (d + d^2) * 4`` bytes (float32 mean and inverse Cholesky
-  factor) = 166 MB at the defaults; in the bundle the factor's lower triangle only,
-  ``P * (d + d (d + 1) / 2) * 4`` bytes = 84 MB;
-* fit: running sums ``P * (d + d^2) * 8`` bytes (float64) = 331 MB at the defaults, plus the
-  model above while it is being built.
+  factor) = 158 MiB at the defaults; in the bundle the factor's lower triangle only,
+  ``P * (d + d (d + 1) / 2) * 4`` bytes = 80 MiB;
+* fit: running sums ``P * (d + d^2) * 8`` bytes (float64) = 316 MiB at the defaults. They are
+  freed chunk by chunk as the model is built, so the peak is the sums plus a few chunk-sized
+  temporaries (``POSITION_CHUNK * d^2`` values), on top of the backbone's activations.
 
 Both grow with ``P * d^2``: quadratically in ``image_size`` and in ``n_features``. The fit
 refuses a configuration whose estimate exceeds ``memory_budget_mb`` before allocating anything.
@@ -40,12 +41,13 @@ def padim_memory_bytes(positions: int, dims: int) -> dict[str, int]:
 
     Returns ``{"model": bytes of the learned float32 arrays in memory, "bundle": bytes of them
     in the bundle (triangle packed), "fit": peak bytes of the fit's float64 running sums plus
-    the model being built}``.
+    its chunk-sized temporaries}`` (backbone activations not included).
     """
     model = positions * (dims + dims * dims) * 4
     bundle = positions * (dims + dims * (dims + 1) // 2) * 4
     sums = positions * (dims + dims * dims) * 8
-    return {"model": model, "bundle": bundle, "fit": sums + model}
+    temporaries = 3 * min(positions, POSITION_CHUNK) * dims * dims * 8
+    return {"model": model, "bundle": bundle, "fit": sums + temporaries}
 
 
 class PaDiM(AnomalyModel):
@@ -141,9 +143,14 @@ class PaDiM(AnomalyModel):
         # compared with the spread, which float64 alone would not guarantee.
         self._shift: torch.Tensor | None = None
         self._sum = torch.zeros(positions, dims, dtype=torch.float64)
-        self._sum_outer = torch.zeros(positions, dims, dims, dtype=torch.float64)
+        # One tensor per chunk of positions, so that _fit_end can free each as soon as its
+        # factors are computed: the sums and the model never have to coexist in full.
+        self._sum_outer = [
+            torch.zeros(min(POSITION_CHUNK, positions - start), dims, dims, dtype=torch.float64)
+            for start in range(0, positions, POSITION_CHUNK)
+        ]
         logger.info(
-            "padim: %dx%d positions x %d of %d channels; fit sums %.0f MB, model %.0f MB",
+            "padim: %dx%d positions x %d of %d channels; fit sums %.0f MiB, model %.0f MiB",
             height,
             width,
             dims,
@@ -161,7 +168,7 @@ class PaDiM(AnomalyModel):
             raise DataError(
                 f"padim at image_size={self.image_size} with n_features={dims}: {where}"
                 f"{positions} positions x {dims}^2 covariance entries need "
-                f"{need['fit'] / 2**20:.0f} MB to fit (model {need['model'] / 2**20:.0f} MB), "
+                f"{need['fit'] / 2**20:.0f} MiB to fit (model {need['model'] / 2**20:.0f} MiB), "
                 f"over memory_budget_mb={self.memory_budget_mb:g}. Lower image_size or "
                 "padim.n_features, use coarser layers, or raise padim.memory_budget_mb"
             )
@@ -178,24 +185,26 @@ class PaDiM(AnomalyModel):
         return sum(m.shape[1] for m in maps), *maps[0].shape[-2:]
 
     def _embed(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
-        """Stacked, channel-subset features as ``(P, d, B)`` float32, positions row-major."""
+        """Stacked, channel-subset features as contiguous ``(P, d, B)`` float32, positions
+        row-major (contiguous so that the batched products below run on the fast BLAS path)."""
         features = stack_features(feature_maps)  # (B, C, h, w)
         features = features.index_select(1, torch.from_numpy(self.channels_))
         batch, dims = features.shape[:2]
-        return features.reshape(batch, dims, -1).permute(2, 1, 0).float()
+        return features.reshape(batch, dims, -1).permute(2, 1, 0).float().contiguous()
 
     @torch.inference_mode()
     def _fit_batch(self, feature_maps: list[torch.Tensor]) -> None:
-        embedded = self._embed(feature_maps).double()  # (P, d, B)
+        embedded = self._embed(feature_maps)  # (P, d, B)
         if self._shift is None:
-            self._shift = embedded.mean(dim=2)  # (P, d)
-        centred = embedded - self._shift[:, :, None]
-        self._sum += centred.sum(dim=2)
-        for start in range(0, centred.shape[0], POSITION_CHUNK):
-            part = centred[start : start + POSITION_CHUNK]
-            # In place: S2[p] += X_p X_p^T without a (P, d, d) temporary.
-            self._sum_outer[start : start + POSITION_CHUNK].baddbmm_(part, part.transpose(1, 2))
-        self._n += centred.shape[2]
+            self._shift = embedded.double().mean(dim=2)  # (P, d)
+        # Chunk by chunk, so the float64 temporaries stay at chunk size.
+        for index, start in enumerate(range(0, embedded.shape[0], POSITION_CHUNK)):
+            stop = start + POSITION_CHUNK
+            part = embedded[start:stop].double() - self._shift[start:stop, :, None]
+            self._sum[start:stop] += part.sum(dim=2)
+            # In place: S2[p] += X_p X_p^T with no (chunk, d, d) temporary.
+            self._sum_outer[index].baddbmm_(part, part.transpose(1, 2))
+        self._n += embedded.shape[2]
 
     @torch.inference_mode()
     def _fit_end(self) -> None:
@@ -206,13 +215,17 @@ class PaDiM(AnomalyModel):
         denominator = max(n - 1, 1)
         # Dense in memory: unpacking a triangle on every scored batch would cost as much as
         # the product itself; the bundle stores the triangle only (see state_tensors).
+        # np.empty commits pages only as chunks are written, while their sums are freed.
         factors = np.empty((positions, dims, dims), dtype=np.float32)
         eye = torch.eye(dims, dtype=torch.float64)
-        for start in range(0, positions, POSITION_CHUNK):
+        for index, start in enumerate(range(0, positions, POSITION_CHUNK)):
             stop = min(start + POSITION_CHUNK, positions)
             m = mean_shifted[start:stop]
-            covariance = (self._sum_outer[start:stop] - n * m[:, :, None] * m[:, None, :])
-            covariance = covariance / denominator + self.covariance_epsilon * eye
+            sum_outer, self._sum_outer[index] = self._sum_outer[index], None
+            # S2 / n - m m^T, scaled to the unbiased estimate; in place, no (chunk, d, d) copy.
+            covariance = sum_outer.baddbmm_(m[:, :, None], m[:, None, :], alpha=-n)
+            del sum_outer
+            covariance = covariance.div_(denominator).add_(eye, alpha=self.covariance_epsilon)
             # Sigma = L L^T, so (x - mu)^T Sigma^-1 (x - mu) = |L^-1 (x - mu)|^2: a sum of squares
             # (never negative, unlike a float32 quadratic form with the inverse covariance).
             cholesky, info = torch.linalg.cholesky_ex(covariance)
@@ -223,16 +236,16 @@ class PaDiM(AnomalyModel):
                     f"positive definite; raise padim.covariance_epsilon "
                     f"(now {self.covariance_epsilon:g})"
                 )
-            inverse = torch.linalg.solve_triangular(
-                cholesky, eye.expand_as(cholesky), upper=False
-            )
+            # A contiguous identity: with a broadcast (stride 0) one the solve is ~8x slower.
+            identity = eye.expand_as(cholesky).contiguous()
+            inverse = torch.linalg.solve_triangular(cholesky, identity, upper=False)
             factors[start:stop] = inverse.float().numpy()
         self.mean_ = (mean_shifted + self._shift).float().numpy()  # (P, d)
         self.inv_cholesky_ = factors  # (P, d, d), lower triangular
         self.n_train_patches_ = n * positions
         del self._sum, self._sum_outer, self._shift
         logger.info(
-            "padim model: %d positions x %d dims, %.1f MB of float32 arrays",
+            "padim model: %d positions x %d dims, %.1f MiB of float32 arrays",
             positions,
             dims,
             self.state_nbytes() / 2**20,

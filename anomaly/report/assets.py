@@ -30,7 +30,7 @@ a { color: #0b5cad; }
   background: var(--bg-soft); }
 .card .n { display: block; font-size: 1.9rem; font-weight: 700; line-height: 1.1; }
 .card.ok .n { color: var(--ok); } .card.ng .n { color: var(--ng); }
-.card.error .n { color: var(--err); }
+.card.error .n { color: var(--err); } .card.uncalibrated .n { color: var(--muted); }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; margin: 0; }
 dl.facts dt { font-weight: 600; } dl.facts dd { margin: 0; }
 .warning { border-left: 4px solid var(--err); background: #fff6e0; padding: 8px 12px;
@@ -41,7 +41,7 @@ svg.histogram { width: 100%; max-width: 1000px; }
 .verdict { display: inline-block; min-width: 3.6em; text-align: center; font-weight: 700;
   border-radius: 4px; padding: 0 6px; color: #fff; font-size: 0.85em; }
 .verdict.OK { background: var(--ok); } .verdict.NG { background: var(--ng); }
-.verdict.ERROR { background: var(--err); }
+.verdict.ERROR { background: var(--err); } .verdict.UNCALIBRATED { background: var(--muted); }
 #table-controls { display: flex; flex-wrap: wrap; gap: 8px 18px; align-items: center;
   margin: 8px 0; }
 #table-controls input[type=search] { padding: 4px 8px; min-width: 240px; }
@@ -133,7 +133,9 @@ SCRIPT = """
     th.textContent = "";
     th.appendChild(button);
     button.addEventListener("click", function () {
-      var descending = th.getAttribute("aria-sort") !== "descending";
+      // First click: numbers high to low (worst first), text A to Z; next click reverses.
+      var current = th.getAttribute("aria-sort");
+      var descending = current ? current !== "descending" : kind === "number";
       headers.forEach(function (other) { other.removeAttribute("aria-sort"); });
       th.setAttribute("aria-sort", descending ? "descending" : "ascending");
       sortBy(column, kind, descending);

@@ -28,9 +28,12 @@ DASH = "—"
 METHODS = {
     "miss_rate": "threshold set so that the share of defective validation parts scored below it "
     "(missed) is at most the target miss rate",
-    "false_alarm_fallback": "too few defective validation parts to calibrate a miss rate; the "
-    "threshold was set from the good parts' scores (false-alarm rate) instead",
+    "few_defects": "too few defective validation parts to measure the target miss rate; the "
+    "threshold catches every one of them",
+    "false_alarm_fallback": "no defective validation parts; the threshold was set from the good "
+    "parts' scores (false-alarm rate) instead, so the miss rate is unknown",
 }
+SHOWN_VERDICTS = ("NG", "OK", "ERROR", "UNCALIBRATED")
 
 
 def _e(value: object) -> str:
@@ -119,37 +122,44 @@ def _summary(run: RunData) -> str:
     cal, meta = run.calibration, run.meta
     validation = cal.get("validation") if isinstance(cal.get("validation"), dict) else {}
     threshold = run.threshold
-    counts = {v: run.count(v) for v in ("OK", "NG", "ERROR")}
+    counts = {v: run.count(v) for v in SHOWN_VERDICTS}
     total = len(run.parts)
 
+    card_list = [
+        ("ok", counts["OK"], "OK (accepted)"),
+        ("ng", counts["NG"], "NG (rejected)"),
+        ("error", counts["ERROR"], "errors (not scored)"),
+    ]
+    if counts["UNCALIBRATED"]:
+        card_list.append(("uncalibrated", counts["UNCALIBRATED"], "scored, no verdict"))
+    card_list.append(("total", total, "parts in total"))
     cards = "".join(
         f'<div class="card {cls}"><span class="n">{n}</span>{label}</div>'
-        for cls, n, label in (
-            ("ok", counts["OK"], "OK (accepted)"),
-            ("ng", counts["NG"], "NG (rejected)"),
-            ("error", counts["ERROR"], "errors (not scored)"),
-            ("total", total, "parts in total"),
-        )
+        for cls, n, label in card_list
     )
+    confidence = as_float(cal.get("confidence")) or 0.95
 
     method = str(cal.get("method") or "")
     method_text = (
         f"{_e(method)} — {_e(METHODS[method])}" if method in METHODS else _e(method or DASH)
     )
 
-    def rate_line(rate: str, upper: str, events: str, trials: str, noun: str) -> str:
+    def rate_line(rate: str, events: str, trials: str, noun: str, kind: str) -> str:
         n_events, n_trials = validation.get(events), validation.get(trials)
+        if n_trials == 0:
+            return f"unknown: no {kind} parts in the validation set"
         counted = (
             f" ({_e(n_events)} of {_e(n_trials)} {noun})"
             if n_events is not None and n_trials is not None
             else ""
         )
-        return (
-            f"{_pct(validation.get(rate))}{counted}; 95% upper bound {_pct(validation.get(upper))}"
-        )
+        # "<rate>_upper" is what anomaly.calibration writes; "<rate>_upper_95" the older
+        # spelling in docs/architecture.md. Either is read.
+        upper = validation.get(f"{rate}_upper", validation.get(f"{rate}_upper_95"))
+        return f"{_pct(validation.get(rate))}{counted}; {confidence:.0%} upper bound {_pct(upper)}"
 
     seconds = as_float(meta.get("seconds"))
-    scored = counts["OK"] + counts["NG"]
+    scored = sum(p.score is not None for p in run.parts)
     timing = DASH
     if seconds is not None:
         timing = f"{seconds:.1f} s"
@@ -167,23 +177,19 @@ def _summary(run: RunData) -> str:
         ),
         (
             "Validation miss rate",
-            rate_line(
-                "miss_rate", "miss_rate_upper_95", "misses", "n_defect", "defective parts missed"
-            ),
+            rate_line("miss_rate", "misses", "n_defect", "defective parts missed", "defective"),
         ),
         (
             "Validation false-alarm rate",
-            rate_line(
-                "false_alarm_rate",
-                "false_alarm_rate_upper_95",
-                "false_alarms",
-                "n_good",
-                "good parts rejected",
-            ),
+            rate_line("false_alarm_rate", "false_alarms", "n_good", "good parts rejected", "good"),
         ),
         ("Pixel threshold", f"{_num(pixel_threshold, '.6g')} (heatmap level 1.0)"),
         ("Scoring time", timing),
     ]
+    if cal.get("note"):
+        facts.append(("Calibration note", _e(cal["note"])))
+    if meta.get("created"):
+        facts.append(("Scored at", _e(meta["created"])))
     rows = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
     notes = []
     if cal.get("target_supported") is False:
@@ -191,13 +197,17 @@ def _summary(run: RunData) -> str:
             "The validation set was too small to support the target miss rate: the "
             "miss rate may be higher than the target. Treat verdicts with care."
         )
+    if counts["UNCALIBRATED"]:
+        notes.append(
+            f"{counts['UNCALIBRATED']} part(s) were scored by a model without a calibrated "
+            "threshold: they have a score but no OK/NG verdict. Calibrate the model "
+            "(`anomaly fit`) and score again."
+        )
     if threshold is None:
         notes.append(
             "run.json has no calibration threshold: normalised scores and the "
             "histogram's calibration curves cannot be shown."
         )
-    if cal.get("note"):
-        notes.append(f"Calibration note: {cal['note']}")
     warnings = "".join(f'<p class="warning">{_e(note)}</p>' for note in notes)
     return (
         f'<section id="summary"><h2>Summary</h2><div class="cards">{cards}</div>'
@@ -233,18 +243,29 @@ def _histogram(run: RunData) -> str:
     )
 
 
+def scale_max(run: RunData) -> float:
+    """Top of the colour scale the run's heatmaps were drawn with.
+
+    ``anomaly score`` records it in run.json; the report must show the bar those overlays were
+    coloured with, even if this version's default differs.
+    """
+    recorded = as_float(run.meta.get("heatmap_scale_max"))
+    return recorded if recorded is not None and recorded > CONTOUR_LEVEL else SCALE_MAX
+
+
 def _scale(run: RunData) -> str:
+    top = scale_max(run)
     pixel = as_float(run.calibration.get("pixel_threshold"))
     pixel_text = f" ({pixel:.6g})" if pixel is not None else ""
     sentence = (
         "Every heatmap uses this one fixed scale: the anomaly map is divided by the calibrated "
         f"per-pixel threshold{pixel_text}, so the same colour means the same anomaly level in "
         f"every image, good parts stay blue instead of being stretched to red, levels of "
-        f"{SCALE_MAX:.1f} and above are dark red, and the white contour encloses the pixels at "
+        f"{top:.1f} and above are dark red, and the white contour encloses the pixels at "
         f"or above {CONTOUR_LEVEL:.1f} (the threshold), where the model sees a defect."
     )
     return (
-        f'<div class="scale" id="scale"><figure>{colorbar_svg()}</figure>'
+        f'<div class="scale" id="scale"><figure>{colorbar_svg(top)}</figure>'
         f"<p>{_e(sentence)}</p></div>"
     )
 
@@ -259,10 +280,11 @@ def _ordered(parts: Iterable[Part]) -> list[Part]:
 
 def _table(run: RunData, images: dict[int, PartImages], files_href: str, prefix: str) -> str:
     truth = run.has_ground_truth
-    counts = {v: run.count(v) for v in ("OK", "NG", "ERROR")}
+    counts = {v: run.count(v) for v in SHOWN_VERDICTS}
     boxes = "".join(
         f'<label><input type="checkbox" data-verdict="{v}" checked> {v} ({counts[v]})</label>'
-        for v in ("NG", "OK", "ERROR")
+        for v in SHOWN_VERDICTS
+        if counts[v] or v != "UNCALIBRATED"
     )
     controls = (
         '<div id="table-controls" hidden><span>Show:</span>'
@@ -277,7 +299,9 @@ def _table(run: RunData, images: dict[int, PartImages], files_href: str, prefix:
         "<th>Image</th>",
         '<th data-sort="text">File</th>',
         '<th data-sort="number">Score</th>',
-        '<th data-sort="number" title="score ÷ threshold; 1.0 is the threshold">Normalised</th>',
+        # aria-sort: the rows arrive in this order, so the first click on it reverses them.
+        '<th data-sort="number" aria-sort="descending"'
+        ' title="score ÷ threshold; 1.0 is the threshold">Normalised</th>',
         '<th data-sort="text">Verdict</th>',
     ]
     if truth:
@@ -354,7 +378,7 @@ def _detail(
             f"heatmap of {part.file}",
             "Heatmap on the fixed scale; white contour: at or above the pixel threshold",
             "no heatmap available",
-            mini_colorbar_svg(),
+            mini_colorbar_svg(scale_max(run)),
         ),
     ]
     truth_line = ""

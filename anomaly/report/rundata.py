@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 #: Columns without which a row cannot be shown at all.
 REQUIRED_COLUMNS = ("file", "score", "verdict")
-VERDICTS = ("OK", "NG", "ERROR")
+#: ``UNCALIBRATED``: scored by a model without a threshold, so there is a score but no verdict.
+VERDICTS = ("OK", "NG", "ERROR", "UNCALIBRATED")
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Part:
     path: Path  # ``file`` resolved against the current working directory
     score: float | None
     normalized: float | None
-    verdict: str  # "OK" | "NG" | "ERROR"
+    verdict: str  # one of VERDICTS
     heatmap: Path | None  # absolute path of the overlay PNG, None when the CSV has none
     error: str
     label: int | None  # 0 good, 1 defect, None unknown

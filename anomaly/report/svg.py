@@ -53,7 +53,8 @@ def histogram_range(values: Sequence[float]) -> float:
     if not len(values):
         return 2.0
     array = np.asarray(values, dtype=float)
-    cap = max(SCALE_MAX, 1.5 * float(np.quantile(array, 0.99)))
+    # At least twice the threshold, so the region just above it is never squeezed to an edge.
+    cap = max(2.0, 1.5 * float(np.quantile(array, 0.99)))
     return max(1.25, min(float(array.max()) * 1.05, cap))
 
 
@@ -208,13 +209,13 @@ def histogram_svg(
     return "\n".join(out)
 
 
-def colorbar_svg(width: int = 420, height: int = 64) -> str:
-    """Horizontal colour bar of the fixed heatmap scale, 0 to ``SCALE_MAX``, with ticks.
+def colorbar_svg(scale_max: float = SCALE_MAX, width: int = 420, height: int = 64) -> str:
+    """Horizontal colour bar of the fixed heatmap scale, 0 to ``scale_max``, with ticks.
 
     The colours are sampled from :func:`anomaly.heatmap.colorbar`, so the bar is exactly the
     map the overlays use; a gradient of 64 stops is indistinguishable from the colour map.
     """
-    samples = colorbar(height=64, width=1)[::-1, 0, :]  # bottom (0) to top (SCALE_MAX)
+    samples = colorbar(height=64, width=1, scale_max=scale_max)[::-1, 0, :]  # 0 first
     stops = "".join(
         f'<stop offset="{i / (len(samples) - 1):.4f}" stop-color="#{r:02x}{g:02x}{b:02x}"/>'
         for i, (r, g, b) in enumerate(samples.tolist())
@@ -223,12 +224,12 @@ def colorbar_svg(width: int = 420, height: int = 64) -> str:
     bar_w = width - left - right
 
     def x(level: float) -> float:
-        return left + bar_w * level / SCALE_MAX
+        return left + bar_w * level / scale_max
 
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="colorbar" viewBox="0 0 {width} {height}"'
         f' width="{width}" height="{height}" role="img" aria-labelledby="cbar-title">',
-        f'<title id="cbar-title">Heatmap colour scale from 0 to {SCALE_MAX:g}; {CONTOUR_LEVEL:g}'
+        f'<title id="cbar-title">Heatmap colour scale from 0 to {scale_max:g}; {CONTOUR_LEVEL:g}'
         " is the per-pixel threshold</title>",
         f'<defs><linearGradient id="cbar-gradient" x1="0" x2="1" y1="0" y2="0">{stops}'
         "</linearGradient></defs>",
@@ -239,7 +240,7 @@ def colorbar_svg(width: int = 420, height: int = 64) -> str:
     for level, label in (
         (0.0, "0"),
         (CONTOUR_LEVEL, f"{CONTOUR_LEVEL:.1f} = threshold"),
-        (SCALE_MAX, f"≥ {SCALE_MAX:.1f}"),
+        (scale_max, f"≥ {scale_max:.1f}"),
     ):
         tx = x(level)
         strong = ' font-weight="bold"' if level == CONTOUR_LEVEL else ""
@@ -255,7 +256,7 @@ def colorbar_svg(width: int = 420, height: int = 64) -> str:
     return "\n".join(out)
 
 
-def mini_colorbar_svg(width: int = 150) -> str:
+def mini_colorbar_svg(scale_max: float = SCALE_MAX, width: int = 150) -> str:
     """Small colour bar for each heatmap's caption, reusing the gradient of :func:`colorbar_svg`.
 
     With thousands of rejected parts the full colour bar is far up the page; this keeps the
@@ -265,11 +266,11 @@ def mini_colorbar_svg(width: int = 150) -> str:
     bar_w = width - 14
 
     def x(level: float) -> float:
-        return 7 + bar_w * level / SCALE_MAX
+        return 7 + bar_w * level / scale_max
 
     ticks = "".join(
         f'<text x="{_fmt(x(level))}" y="23" text-anchor="middle">{level:.1f}</text>'
-        for level in (0.0, CONTOUR_LEVEL, SCALE_MAX)
+        for level in (0.0, CONTOUR_LEVEL, scale_max)
     )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="mini-colorbar" width="{width}"'

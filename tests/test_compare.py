@@ -1,0 +1,159 @@
+"""``anomaly compare``: every model on the same split, one table, per-model failures."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomaly.config import CompareConfig, build_config
+from anomaly.data.dataset import SPLITS
+from anomaly.evaluation import split_fingerprint
+from anomaly.pipeline import load_dataset
+from baselines.compare import (
+    compare_category,
+    defect_subsets,
+    fit_config_for,
+    format_table,
+    reuse_problem,
+)
+from tests.test_baseline import SIZE, make_folder_category
+
+#: Small and fast settings for every model.
+FAST = [
+    "image_size=64",
+    "patchcore.coreset_ratio=0.5",
+    "padim.n_features=20",
+    "baseline.network=efficientnet_lite0",
+    f"baseline.input_size={SIZE}",
+    "baseline.epochs=1",
+    "baseline.train_batch_size=8",
+    "backbone.weights=imagenet",
+    "runtime.progress=false",
+    "runtime.num_threads=1",
+]
+
+
+def _config(tmp_path: Path, *extra: str):
+    return build_config(
+        CompareConfig,
+        overrides=[
+            *FAST,
+            f"runs_dir={tmp_path / 'runs'}",
+            f"out={tmp_path / 'compare'}",
+            *extra,
+        ],
+        **{"data.category": "part", "data.root": str(tmp_path / "data")},
+    )
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """One comparison of PatchCore, PaDiM, the baseline and a model that does not exist."""
+    tmp_path = tmp_path_factory.mktemp("compare")
+    make_folder_category(tmp_path / "data" / "part")
+    config = _config(
+        tmp_path,
+        "models=[patchcore,padim,baseline,nosuchmodel]",
+        "learning_curve=true",
+        "learning_curve_defects=[2]",
+    )
+    return tmp_path, config, compare_category(config)
+
+
+def test_every_model_scores_exactly_the_same_test_images(compared) -> None:
+    _, config, result = compared
+    dataset = load_dataset(config)
+    expected = split_fingerprint(dataset.select("test"))
+    ok = [row for row in result.rows if row.status != "error"]
+    assert [row.model for row in ok] == ["patchcore", "padim", "baseline"]
+    assert result.same_test_images
+    assert {row.test_fingerprint for row in ok} == {expected}
+    for row in ok:  # and each bundle was fitted (and tested) on this very split
+        metadata = json.loads((Path(row.bundle_dir) / "metadata.json").read_text())
+        assert metadata["data"]["split_fingerprints"] == result.fingerprints
+        assert row.metrics["n_images"] == len(dataset.select("test"))
+
+
+def test_labelled_defects_and_initialisation_are_stated(compared) -> None:
+    _, config, result = compared
+    dataset = load_dataset(config)
+    rows = {row.model: row for row in result.rows}
+    assert rows["patchcore"].train_defects == rows["padim"].train_defects == 0
+    assert rows["baseline"].train_defects == len(dataset.select("train", label=1)) > 0
+    assert rows["baseline"].initialisation.startswith("ImageNet")
+    assert "frozen" in rows["patchcore"].initialisation
+    assert rows["patchcore"].backbone_mb > 0 and rows["baseline"].backbone_mb == 0
+    text = result.text()
+    for split in SPLITS:
+        assert f"{split:<5}:" in text  # the class balance of every split
+    assert "initialisation:" in text and "baseline: ImageNet" in text
+
+
+def test_a_failing_model_gets_a_row_with_its_error(compared) -> None:
+    _, _, result = compared
+    row = next(row for row in result.rows if row.model == "nosuchmodel")
+    assert row.status == "error" and "nosuchmodel" in row.error
+    assert "nosuchmodel" in result.text()
+
+
+def test_outputs_are_written(compared) -> None:
+    tmp_path, _, result = compared
+    out = tmp_path / "compare"
+    for name in ("compare.json", "compare.csv", "scores.csv", "roc.png", "learning_curve.csv"):
+        assert (out / name).is_file(), name
+    data = json.loads((out / "compare.json").read_text())
+    assert data["same_test_images"] is True
+    assert [m["model"] for m in data["models"]] == [r.model for r in result.rows]
+    with (out / "compare.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert {"auroc", "miss_rate", "false_alarm_rate", "far_at_miss_0", "far_at_miss_1pct",
+            "far_at_miss_5pct", "pixel_auroc", "aupro", "fit_seconds", "ms_per_image",
+            "size_mb", "train_defects"} <= set(table[0])
+    assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_learning_curve_trains_on_defect_subsets(compared) -> None:
+    _, config, result = compared
+    n_defects = len(load_dataset(config).select("train", label=1))
+    baseline = [p for p in result.learning_curve if p["model"] == "baseline"]
+    assert [p["train_defects"] for p in baseline] == [2, n_defects]
+    assert all(p["auroc"] is not None for p in baseline)
+    unsupervised = [p for p in result.learning_curve if p["model"] != "baseline"]
+    assert {p["train_defects"] for p in unsupervised} == {0}
+
+
+def test_second_run_reuses_bundles_and_a_changed_key_refits(compared) -> None:
+    tmp_path, config, _ = compared
+    dataset = load_dataset(config)
+    fingerprints = {split: split_fingerprint(dataset.select(split)) for split in SPLITS}
+    for name in ("patchcore", "padim", "baseline"):
+        bundle = tmp_path / "runs" / "part" / name
+        assert reuse_problem(bundle, fit_config_for(config, name, bundle), fingerprints) is None
+    changed = _config(tmp_path, "patchcore.coreset_ratio=0.25")
+    bundle = tmp_path / "runs" / "part" / "patchcore"
+    problem = reuse_problem(bundle, fit_config_for(changed, "patchcore", bundle), fingerprints)
+    assert problem == "bundle config differs in 'patchcore'"
+    other_split = {**fingerprints, "test": "0" * 64}
+    assert "different split" in reuse_problem(
+        bundle, fit_config_for(config, "patchcore", bundle), other_split
+    )
+    again = compare_category(_config(tmp_path, "models=[patchcore]"))
+    assert again.rows[0].status == "loaded"
+
+
+def test_defect_subsets_are_nested_and_seeded() -> None:
+    subsets = defect_subsets(40, [5, 10, 25, 50], seed=0)
+    assert list(subsets) == [5, 10, 25, 40]  # 50 >= 40 defects: "all" only
+    assert set(subsets[5]) <= set(subsets[10]) <= set(subsets[25]) <= set(subsets[40])
+    again = defect_subsets(40, [5, 10, 25, 50], seed=0)
+    assert all(np.array_equal(subsets[k], again[k]) for k in subsets)
+    assert not np.array_equal(defect_subsets(40, [5], seed=1)[5], subsets[5])
+
+
+def test_table_shows_missing_values_as_dashes() -> None:
+    text = format_table([{"model": "padim", "status": "error", "train_defects": 0}])
+    assert text.splitlines()[1].startswith("padim") and " - " in text
