@@ -39,7 +39,7 @@ class BackboneConfig:
 
 @dataclass
 class PatchCoreConfig:
-    coreset_ratio: float = 0.1
+    coreset_ratio: float = 0.01
     projection_dim: int = 128
     chunk_images: int = 64
     feature_dim: int = 1024

@@ -266,9 +266,10 @@ def evaluate_bundles(
 
     The split is ``split`` of the first bundle's dataset (its ``config.yaml``), or of
     ``category`` (under ``data_root`` when given, with the first bundle's split fractions and
-    seed) when that is given. Writes ``evaluation.json``, ``evaluation.txt`` and, with
-    ``plots``, ``roc.png`` plus ``<label>_histogram.png`` and ``<label>_confusion.png`` per model
-    into ``out`` (default ``runs/evaluate-<time>``). ``batch_size``, ``num_threads`` and
+    seed) when that is given. Writes ``evaluation.json``, ``evaluation.txt``,
+    ``<label>_scores.csv`` (file, label, defect_type, score) per model and, with ``plots``,
+    ``roc.png`` plus ``<label>_histogram.png`` and ``<label>_confusion.png`` per model into
+    ``out`` (default ``runs/evaluate-<time>``). ``batch_size``, ``num_threads`` and
     ``progress`` override the bundles' own values when given.
     """
     from anomaly.bundle import bundle_size_bytes, load_bundle, read_metadata

@@ -24,7 +24,7 @@ from baselines.classifier import (
     is_better,
 )
 from baselines.gradcam import grad_cam
-from tests.conftest import save_image
+from conftest import save_image
 
 SIZE = 32
 

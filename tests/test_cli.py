@@ -16,7 +16,7 @@ FAST = ["image_size=64", "patchcore.coreset_ratio=0.25", "runtime.progress=false
 
 @pytest.fixture(scope="module")
 def fitted_bundle(tmp_path_factory):
-    from tests.conftest import make_parts_category
+    from conftest import make_parts_category
 
     root = tmp_path_factory.mktemp("cli") / "data"
     make_parts_category(root / "parts")

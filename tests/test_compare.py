@@ -20,7 +20,7 @@ from baselines.compare import (
     format_table,
     reuse_problem,
 )
-from tests.test_baseline import SIZE, make_folder_category
+from test_baseline import SIZE, make_folder_category
 
 #: Small and fast settings for every model.
 FAST = [

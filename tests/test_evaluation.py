@@ -20,7 +20,7 @@ from anomaly.evaluation import (
     split_metrics,
 )
 from anomaly.pipeline import fit_category, load_dataset
-from tests.conftest import make_parts_category, save_image, textured_part
+from conftest import make_parts_category, save_image, textured_part
 
 SIZE = 64
 

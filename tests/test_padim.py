@@ -16,7 +16,7 @@ from anomaly.errors import DataError
 from anomaly.features import extract, stack_features
 from anomaly.models import model_class
 from anomaly.models.padim import PaDiM, padim_memory_bytes
-from tests.conftest import textured_part, with_defect
+from conftest import textured_part, with_defect
 
 SIZE = 64  # stage 1 of EfficientNet-Lite0 has stride 4: a 16 x 16 grid
 

@@ -13,7 +13,7 @@ import pytest
 from anomaly.bundle import load_bundle, save_bundle
 from anomaly.errors import BundleError, NotFittedError
 from anomaly.models import PatchCore
-from tests.conftest import textured_part, with_defect
+from conftest import textured_part, with_defect
 
 
 @pytest.fixture(scope="module")

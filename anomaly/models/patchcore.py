@@ -30,7 +30,7 @@ class PatchCore(AnomalyModel):
     the image score the largest patch score re-weighted by how isolated that bank vector is.
 
     Example:
-        >>> model = PatchCore(coreset_ratio=0.1).fit(good_images)          # doctest: +SKIP
+        >>> model = PatchCore(coreset_ratio=0.01).fit(good_images)         # doctest: +SKIP
         >>> model.calibrate(val_images, val_labels, target_miss_rate=0.05)  # doctest: +SKIP
         >>> prediction = model.predict(new_images)                          # doctest: +SKIP
         >>> prediction.verdicts, prediction.anomaly_maps[0].shape           # doctest: +SKIP
@@ -56,7 +56,7 @@ class PatchCore(AnomalyModel):
         layers: Sequence[int] | None = None,
         weights: str = "imagenet",
         image_size: int = 256,
-        coreset_ratio: float = 0.1,
+        coreset_ratio: float = 0.01,
         projection_dim: int = 128,
         chunk_images: int = 64,
         feature_dim: int = 1024,
