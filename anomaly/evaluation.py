@@ -201,8 +201,11 @@ def per_defect_type(
         entry: dict[str, Any] = {"n": int(keep.sum()), "auroc": auroc}
         if threshold is not None:
             point = metrics.operating_point(labels[keep], scores[keep], threshold, confidence)
-            entry.update(misses=point.misses, miss_rate=point.miss_rate,
-                         miss_rate_ci=list(point.miss_rate_ci) if point.miss_rate_ci else None)
+            entry.update(
+                misses=point.misses,
+                miss_rate=point.miss_rate,
+                miss_rate_ci=list(point.miss_rate_ci) if point.miss_rate_ci else None,
+            )
         result[group] = entry
     return result
 
@@ -215,7 +218,8 @@ def model_memory_bytes(model: AnomalyModel) -> int:
     """
     own = getattr(model, "state_nbytes", None)
     total = (
-        int(own()) if callable(own)
+        int(own())
+        if callable(own)
         else sum(int(np.asarray(v).nbytes) for v in model.state_tensors().values())
     )
     bank = getattr(model, "memory_bank_", None)
@@ -242,8 +246,7 @@ class Evaluation:
     files: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"split": self.split, "models": self.rows, "notes": self.notes,
-                "files": self.files}
+        return {"split": self.split, "models": self.rows, "notes": self.notes, "files": self.files}
 
     def text(self) -> str:
         """Readable tables: one row per model, the same columns in every row."""
@@ -296,8 +299,13 @@ def evaluate_bundles(
     }
     logger.info(
         "evaluating %d model(s) on %s/%s: %d images (%d good, %d defect), fingerprint %s",
-        len(bundles), split_info["category"], split, len(samples), split_info["n_good"],
-        split_info["n_defect"], fingerprint[:12],
+        len(bundles),
+        split_info["category"],
+        split,
+        len(samples),
+        split_info["n_good"],
+        split_info["n_defect"],
+        fingerprint[:12],
     )
     for bundle, meta in zip(bundles, metadata, strict=True):
         notes.extend(_split_notes(bundle, meta, split, fingerprint, samples, category, bundles[0]))
@@ -346,7 +354,8 @@ def evaluate_bundles(
         curves[label] = (scored.labels, scored.scores)
         op = row["operating_point"]
         operating_points[label] = (
-            None if not op or op["miss_rate"] is None or op["false_alarm_rate"] is None
+            None
+            if not op or op["miss_rate"] is None or op["false_alarm_rate"] is None
             else (op["false_alarm_rate"], 1.0 - op["miss_rate"])
         )
         files.append(_write_scores_csv(out_dir, label, scored))
@@ -358,11 +367,20 @@ def evaluate_bundles(
     if plots:
         from anomaly.plots import roc_plot
 
-        roc = roc_plot(curves, out_dir / "roc.png", operating_points,
-                       title=f"ROC: {split_info['category']} {split}")
+        roc = roc_plot(
+            curves,
+            out_dir / "roc.png",
+            operating_points,
+            title=f"ROC: {split_info['category']} {split}",
+        )
         files.insert(0, roc.name)
-    evaluation = Evaluation(split=split_info, rows=rows, notes=notes, out_dir=out_dir,
-                            files=[JSON_FILE, TEXT_FILE, *files])
+    evaluation = Evaluation(
+        split=split_info,
+        rows=rows,
+        notes=notes,
+        out_dir=out_dir,
+        files=[JSON_FILE, TEXT_FILE, *files],
+    )
     from anomaly.scoring import write_text_atomic
 
     text = json.dumps(evaluation.to_dict(), indent=2, default=_jsonable)
@@ -385,9 +403,7 @@ def _bundle_config(bundle: Path) -> Any:
     return config
 
 
-def _evaluation_config(
-    bundle: Path, category: str | None, data_root: str | Path | None
-) -> Any:
+def _evaluation_config(bundle: Path, category: str | None, data_root: str | Path | None) -> Any:
     """Dataset settings of the evaluation: the first bundle's, with ``category`` swapped in."""
     from omegaconf import OmegaConf
 
@@ -413,9 +429,7 @@ def _load_split(config: Any, split: str) -> list[Sample]:
 
     samples = load_dataset(config).select(split)
     if not samples:
-        raise DataError(
-            f"category {config.data.category!r} has no {split!r} images to evaluate on"
-        )
+        raise DataError(f"category {config.data.category!r} has no {split!r} images to evaluate on")
     return samples
 
 
@@ -518,11 +532,21 @@ def _model_plots(
     from anomaly.plots import confusion_plot, score_histogram
 
     stem = _safe_name(label)
-    written = [score_histogram(scored.labels, scored.scores, threshold,
-                               out_dir / f"{stem}_histogram.png", title=f"Scores: {label}").name]
+    written = [
+        score_histogram(
+            scored.labels,
+            scored.scores,
+            threshold,
+            out_dir / f"{stem}_histogram.png",
+            title=f"Scores: {label}",
+        ).name
+    ]
     if row["operating_point"] is not None:
-        written.append(confusion_plot(row["operating_point"], out_dir / f"{stem}_confusion.png",
-                                      title=f"{label}").name)
+        written.append(
+            confusion_plot(
+                row["operating_point"], out_dir / f"{stem}_confusion.png", title=f"{label}"
+            ).name
+        )
     return written
 
 
@@ -558,6 +582,7 @@ def _target(row: dict[str, Any], key: str, target: str, field_name: str) -> str:
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
     def join(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
@@ -575,36 +600,68 @@ def format_text(evaluation: Evaluation) -> str:
     ]
     rows = evaluation.rows
     lines += _table(
-        ["model", "image AUROC", "AP", "F1-max", "pixel AUROC", "AUPRO", "ms/img",
-         "model ms/img", "disk MB", "memory MB"],
-        [[r["label"], _num(r["auroc"]), _num(r["average_precision"]), _num(r["f1_max"]),
-          _num(r["pixel_auroc"]), _num(r["aupro"]), f"{r['ms_per_image']:.1f}",
-          f"{r['model_ms_per_image']:.1f}", _mb(r["bundle_bytes"]),
-          _mb(r["memory_bytes"])] for r in rows],
+        [
+            "model",
+            "image AUROC",
+            "AP",
+            "F1-max",
+            "pixel AUROC",
+            "AUPRO",
+            "ms/img",
+            "model ms/img",
+            "disk MB",
+            "memory MB",
+        ],
+        [
+            [
+                r["label"],
+                _num(r["auroc"]),
+                _num(r["average_precision"]),
+                _num(r["f1_max"]),
+                _num(r["pixel_auroc"]),
+                _num(r["aupro"]),
+                f"{r['ms_per_image']:.1f}",
+                f"{r['model_ms_per_image']:.1f}",
+                _mb(r["bundle_bytes"]),
+                _mb(r["memory_bytes"]),
+            ]
+            for r in rows
+        ],
     )
     lines += ["", "At the calibrated threshold (95% Clopper-Pearson intervals):"]
     table_rows = []
     for r in rows:
         op = r["operating_point"]
         confusion = (op or {}).get("confusion") or {}
-        table_rows.append([
-            r["label"], _num(r["threshold"], 4), _rate_ci(op, "miss_rate"),
-            _rate_ci(op, "false_alarm_rate"),
-            " ".join(f"{k}={confusion[k]}" for k in ("tp", "fn", "fp", "tn")) if confusion
-            else "n/a",
-        ])
-    lines += _table(["model", "threshold", "miss rate", "false-alarm rate",
-                     "confusion (defect=positive)"], table_rows)
+        table_rows.append(
+            [
+                r["label"],
+                _num(r["threshold"], 4),
+                _rate_ci(op, "miss_rate"),
+                _rate_ci(op, "false_alarm_rate"),
+                " ".join(f"{k}={confusion[k]}" for k in ("tp", "fn", "fp", "tn"))
+                if confusion
+                else "n/a",
+            ]
+        )
+    lines += _table(
+        ["model", "threshold", "miss rate", "false-alarm rate", "confusion (defect=positive)"],
+        table_rows,
+    )
     lines += ["", "Trade-offs (best achievable on this split):"]
     lines += _table(
         ["model", "miss@FA 1%", "miss@FA 5%", "FA@miss 0%", "FA@miss 1%", "FA@miss 5%"],
-        [[r["label"],
-          _target(r, "miss_rate_at_false_alarm_rate", "0.01", "miss_rate"),
-          _target(r, "miss_rate_at_false_alarm_rate", "0.05", "miss_rate"),
-          _target(r, "false_alarm_rate_at_miss_rate", "0", "false_alarm_rate"),
-          _target(r, "false_alarm_rate_at_miss_rate", "0.01", "false_alarm_rate"),
-          _target(r, "false_alarm_rate_at_miss_rate", "0.05", "false_alarm_rate")]
-         for r in rows],
+        [
+            [
+                r["label"],
+                _target(r, "miss_rate_at_false_alarm_rate", "0.01", "miss_rate"),
+                _target(r, "miss_rate_at_false_alarm_rate", "0.05", "miss_rate"),
+                _target(r, "false_alarm_rate_at_miss_rate", "0", "false_alarm_rate"),
+                _target(r, "false_alarm_rate_at_miss_rate", "0.01", "false_alarm_rate"),
+                _target(r, "false_alarm_rate_at_miss_rate", "0.05", "false_alarm_rate"),
+            ]
+            for r in rows
+        ],
     )
     types = sorted({t for r in rows for t in r["per_defect_type"]})
     if types:
@@ -614,11 +671,16 @@ def format_text(evaluation: Evaluation) -> str:
             cells = [r["label"]]
             for t in types:
                 entry = r["per_defect_type"].get(t)
-                cells.append("n/a" if entry is None else
-                             f"{_num(entry['auroc'], 3)} / {_pct(entry.get('miss_rate'))}")
+                cells.append(
+                    "n/a"
+                    if entry is None
+                    else f"{_num(entry['auroc'], 3)} / {_pct(entry.get('miss_rate'))}"
+                )
             table_rows.append(cells)
-        counts = {t: next(r["per_defect_type"][t]["n"] for r in rows if t in r["per_defect_type"])
-                  for t in types}
+        counts = {
+            t: next(r["per_defect_type"][t]["n"] for r in rows if t in r["per_defect_type"])
+            for t in types
+        }
         lines += _table(["model", *(f"{t} ({counts[t]})" for t in types)], table_rows)
     reasons: dict[str, list[str]] = {}
     for r in rows:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_parts_category, save_image, textured_part
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from anomaly.cli import main
@@ -20,7 +21,6 @@ from anomaly.evaluation import (
     split_metrics,
 )
 from anomaly.pipeline import fit_category, load_dataset
-from conftest import make_parts_category, save_image, textured_part
 
 SIZE = 64
 
@@ -74,8 +74,10 @@ def test_split_metrics_agree_with_sklearn(tmp_path: Path) -> None:
     op = result["operating_point"]
     rejected = scores >= BrightnessModel.threshold_
     assert op["confusion"] == {
-        "tp": int((rejected & (labels == 1)).sum()), "fn": int((~rejected & (labels == 1)).sum()),
-        "fp": int((rejected & (labels == 0)).sum()), "tn": int((~rejected & (labels == 0)).sum()),
+        "tp": int((rejected & (labels == 1)).sum()),
+        "fn": int((~rejected & (labels == 1)).sum()),
+        "fp": int((rejected & (labels == 0)).sum()),
+        "tn": int((~rejected & (labels == 0)).sum()),
     }
     assert op["miss_rate_ci"][0] <= op["miss_rate"] <= op["miss_rate_ci"][1]
 
@@ -116,10 +118,15 @@ def test_faulty_masks_drop_pixel_metrics_and_name_the_file(tmp_path: Path, fault
 def _fit(data_root: Path, out: Path, model: str, *overrides: str) -> Path:
     config = build_config(
         FitConfig,
-        overrides=[f"image_size={SIZE}", "runtime.progress=false", "runtime.num_threads=1",
-                   "padim.n_features=24", "patchcore.coreset_ratio=0.25", *overrides],
-        **{"data.category": "parts", "data.root": str(data_root), "model": model,
-           "out": str(out)},
+        overrides=[
+            f"image_size={SIZE}",
+            "runtime.progress=false",
+            "runtime.num_threads=1",
+            "padim.n_features=24",
+            "patchcore.coreset_ratio=0.25",
+            *overrides,
+        ],
+        **{"data.category": "parts", "data.root": str(data_root), "model": model, "out": str(out)},
     )
     return fit_category(config).bundle_dir
 
@@ -140,10 +147,12 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_two_bundles_are_rows_on_the_same_fingerprint(
     bundles: dict[str, Path], tmp_path: Path
 ) -> None:
-    result = evaluate_bundles([bundles["padim"], bundles["patchcore"]], out=tmp_path / "eval",
-                              progress=False)
-    config = build_config(FitConfig, **{"data.category": "parts",
-                                        "data.root": str(bundles["data_root"])})
+    result = evaluate_bundles(
+        [bundles["padim"], bundles["patchcore"]], out=tmp_path / "eval", progress=False
+    )
+    config = build_config(
+        FitConfig, **{"data.category": "parts", "data.root": str(bundles["data_root"])}
+    )
     expected = split_fingerprint(load_dataset(config).select("test"))
     assert [row["label"] for row in result.rows] == ["padim", "patchcore"]
     assert {row["fingerprint"] for row in result.rows} == {expected}
@@ -176,12 +185,15 @@ def test_two_bundles_are_rows_on_the_same_fingerprint(
 def test_bundles_from_different_splits_use_the_first_and_say_so(
     bundles: dict[str, Path], tmp_path: Path
 ) -> None:
-    result = evaluate_bundles([bundles["padim"], bundles["padim_seed1"]], out=tmp_path,
-                              plots=False, progress=False)
+    result = evaluate_bundles(
+        [bundles["padim"], bundles["padim_seed1"]], out=tmp_path, plots=False, progress=False
+    )
     assert len({row["fingerprint"] for row in result.rows}) == 1
     assert result.rows[0]["label"] != result.rows[1]["label"]  # both folders are named padim
-    assert any(str(bundles["padim_seed1"]) in note and "different test split" in note
-               for note in result.notes)
+    assert any(
+        str(bundles["padim_seed1"]) in note and "different test split" in note
+        for note in result.notes
+    )
     assert any("optimistic" in note for note in result.notes)
 
 
@@ -193,10 +205,23 @@ def test_cli_evaluate_on_another_category_with_one_class(
     for i in range(5):
         save_image(other / "train" / "good" / f"{i}.png", textured_part(rng, SIZE))
         save_image(other / "test" / "good" / f"{i}.png", textured_part(rng, SIZE))
-    code = main(["-q", "evaluate", "--model", str(bundles["padim"]), "--model",
-                 str(bundles["patchcore"]), "--category", "goodonly", "--data-root",
-                 str(tmp_path / "data"), "--out", str(tmp_path / "eval"),
-                 "runtime.progress=false"])
+    code = main(
+        [
+            "-q",
+            "evaluate",
+            "--model",
+            str(bundles["padim"]),
+            "--model",
+            str(bundles["patchcore"]),
+            "--category",
+            "goodonly",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "eval"),
+            "runtime.progress=false",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "Not computed:" in printed and "no defective images" in printed

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import textured_part, with_defect
 from sklearn.metrics import roc_auc_score
 
 from anomaly.bundle import load_bundle, save_bundle
@@ -16,7 +17,6 @@ from anomaly.errors import DataError
 from anomaly.features import extract, stack_features
 from anomaly.models import model_class
 from anomaly.models.padim import PaDiM, padim_memory_bytes
-from conftest import textured_part, with_defect
 
 SIZE = 64  # stage 1 of EfficientNet-Lite0 has stride 4: a 16 x 16 grid
 
@@ -153,11 +153,24 @@ def test_fit_from_the_cli(parts_category: Path, tmp_path: Path) -> None:
     from anomaly.cli import main
 
     out = tmp_path / "bundle"
-    code = main([
-        "-q", "fit", "--category", "parts", "--data-root", str(parts_category.parent),
-        "--model", "padim", "--out", str(out), f"image_size={SIZE}",
-        "padim.n_features=16", "runtime.progress=false", "runtime.num_threads=1",
-    ])
+    code = main(
+        [
+            "-q",
+            "fit",
+            "--category",
+            "parts",
+            "--data-root",
+            str(parts_category.parent),
+            "--model",
+            "padim",
+            "--out",
+            str(out),
+            f"image_size={SIZE}",
+            "padim.n_features=16",
+            "runtime.progress=false",
+            "runtime.num_threads=1",
+        ]
+    )
     assert code == 0
     model = load_bundle(out)
     assert isinstance(model, PaDiM)

@@ -293,8 +293,9 @@ class PaDiM(AnomalyModel):
         }
 
     def load_state(self, tensors: dict[str, np.ndarray], bundle_dir: Path) -> None:
-        missing = [k for k in ("mean", "inv_cholesky_tril", "channels", "patch_grid")
-                   if k not in tensors]
+        missing = [
+            k for k in ("mean", "inv_cholesky_tril", "channels", "patch_grid") if k not in tensors
+        ]
         if missing:
             raise BundleError(f"{bundle_dir}: padim arrays missing: {', '.join(missing)}")
         mean = np.ascontiguousarray(tensors["mean"], dtype=np.float32)
