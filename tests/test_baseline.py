@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_image
 
 from anomaly.bundle import load_bundle, read_metadata, save_bundle
 from anomaly.errors import BackboneError, DataError
@@ -24,7 +25,6 @@ from baselines.classifier import (
     is_better,
 )
 from baselines.gradcam import grad_cam
-from conftest import save_image
 
 SIZE = 32
 

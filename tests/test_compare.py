@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_baseline import SIZE, make_folder_category
 
 from anomaly.config import CompareConfig, build_config
 from anomaly.data.dataset import SPLITS
@@ -20,7 +21,6 @@ from baselines.compare import (
     format_table,
     reuse_problem,
 )
-from test_baseline import SIZE, make_folder_category
 
 #: Small and fast settings for every model.
 FAST = [

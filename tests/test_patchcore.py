@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import textured_part, with_defect
 
 from anomaly.bundle import load_bundle, save_bundle
 from anomaly.errors import BundleError, NotFittedError
 from anomaly.models import PatchCore
-from conftest import textured_part, with_defect
 
 
 @pytest.fixture(scope="module")
