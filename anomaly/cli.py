@@ -252,7 +252,7 @@ def _parser() -> argparse.ArgumentParser:
         help="every metric of one or several bundles on one labelled split",
         description="Score bundles on a labelled split (default: the first bundle's own test "
         "split) and report image AUROC, AP, F1-max, miss and false-alarm rates at the "
-        "calibrated threshold with 95%% intervals, trade-offs, pixel AUROC/AUPRO, per-defect-type "
+        "calibrated threshold with 95% intervals, trade-offs, pixel AUROC/AUPRO, per-defect-type "
         "results, latency and model size. Writes evaluation.json, evaluation.txt and PNG plots.",
     )
     evaluate.add_argument(

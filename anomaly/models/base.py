@@ -279,6 +279,10 @@ class AnomalyModel:
 
     # ------------------------------------------------------------------ helpers
     def _make_extractor(self) -> FeatureExtractor:
+        if self.weights == "none":
+            # Random weights must be the same at fit and at load, or the bundle's weight check
+            # (rightly) refuses the model.
+            torch.manual_seed(self.seed)
         return create_feature_extractor(
             self.backbone, self.layers or self.default_layers, self.weights
         )
