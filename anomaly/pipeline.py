@@ -17,7 +17,7 @@ from anomaly.config import to_yaml
 from anomaly.data import load_category
 from anomaly.data.dataset import Dataset, Sample
 from anomaly.errors import DataError
-from anomaly.evaluation import score_split, split_fingerprint, split_metrics
+from anomaly.evaluation import model_memory_bytes, score_split, split_fingerprint, split_metrics
 from anomaly.models import model_class
 from anomaly.models.base import AnomalyModel
 
@@ -84,8 +84,10 @@ class FitResult:
         if "memory_bank_size" in s:
             lines.append(f"memory bank: {s['memory_bank_size']} patches of {s['feature_dim']} dims")
         if "initialisation" in s:
-            lines.append(f"initialisation: {s['initialisation']}; {s['n_train_defects']} labelled "
-                         f"train defects; best epoch {s['best_epoch']} of {s['epochs_run']}")
+            lines.append(
+                f"initialisation: {s['initialisation']}; {s['n_train_defects']} labelled "
+                f"train defects; best epoch {s['best_epoch']} of {s['epochs_run']}"
+            )
         lines.append(f"calibration: {cal.summary()}")
         if not cal.target_supported:
             lines.append(f"  note: {cal.note}")
@@ -173,7 +175,7 @@ def fit_category(config: DictConfig) -> FitResult:
 
 def model_facts(model: AnomalyModel) -> dict[str, Any]:
     """Size facts a summary reports (memory bank for PatchCore, etc.)."""
-    facts: dict[str, Any] = {}
+    facts: dict[str, Any] = {"model_memory_mb": round(model_memory_bytes(model) / 2**20, 2)}
     bank = getattr(model, "memory_bank_", None)
     if bank is not None:
         facts["memory_bank_size"] = bank.size
