@@ -11,12 +11,16 @@ a local file given by path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import logging
-from collections.abc import Callable, Sequence
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -158,6 +162,51 @@ def get_spec(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``) answers a TCP connection within ``timeout``.
+
+    With a proxy configured the direct probe says nothing, so the hub is assumed reachable and
+    the normal download path decides.
+    """
+    if any(os.environ.get(key) for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def hub_offline_unless_reachable() -> Iterator[None]:
+    """Put huggingface_hub in offline mode (local cache only) while the hub cannot be reached.
+
+    Offline, timm would otherwise retry every weight file with back-off for about 45 s before
+    failing; in offline mode a cached file still loads and a missing one fails at once.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or hub_reachable():
+        yield
+        return
+    logger.info("Hugging Face hub unreachable: looking for timm weights in the local cache only")
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
+def _create_timm_model(timm_name: str, pretrained: bool, **kwargs) -> nn.Module:
+    """``timm.create_model``, without the long retry loop when a download cannot succeed."""
+    if not pretrained:
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
+    with hub_offline_unless_reachable():
+        return timm.create_model(timm_name, pretrained=True, **kwargs)
+
+
 def create_feature_extractor(
     name: str, layers: Sequence[int] | None = None, weights: str = "imagenet"
 ) -> FeatureExtractor:
@@ -171,7 +220,7 @@ def create_feature_extractor(
     layers = tuple(int(layer) for layer in (layers or spec.default_layers))
     state, source = _resolve_weights(name, spec, weights)
     try:
-        model = timm.create_model(
+        model = _create_timm_model(
             spec.timm_name,
             pretrained=state is None and source.startswith("timm"),
             features_only=True,
@@ -277,7 +326,7 @@ def create_classifier(name: str, weights: str = "imagenet") -> tuple[nn.Module, 
     spec = get_spec(name)
     state, source = _resolve_weights(name, spec, weights)
     try:
-        model = timm.create_model(
+        model = _create_timm_model(
             spec.timm_name, pretrained=state is None and source.startswith("timm")
         )
     except Exception as error:

@@ -80,3 +80,38 @@ def test_local_weight_file_loads_without_pickle(tmp_path):
         "resnet18", layers=(2, 3), weights=str(tmp_path / "resnet18.safetensors")
     )
     assert extractor.weights_source == "file:resnet18.safetensors"
+
+
+def test_hub_probe_follows_hf_endpoint(monkeypatch):
+    import socket
+
+    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        assert backbones.hub_reachable(timeout=1.0)
+    # The port is closed now: nothing answers.
+    assert not backbones.hub_reachable(timeout=1.0)
+
+
+@pytest.mark.parametrize("reachable", [False, True])
+def test_unreachable_hub_means_cache_only_lookups(monkeypatch, reachable):
+    """Offline, timm must look in its cache only instead of retrying each file for ~45 s."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(backbones, "hub_reachable", lambda timeout=3.0: reachable)
+    seen = []
+
+    def create(name, pretrained=False, **kwargs):
+        seen.append(constants.HF_HUB_OFFLINE)
+        raise OSError("not in the cache")
+
+    monkeypatch.setattr(backbones.timm, "create_model", create)
+    with pytest.raises(BackboneError, match="resnet18"):
+        create_feature_extractor("resnet18")
+    assert seen == [not reachable]
+    assert constants.HF_HUB_OFFLINE is False  # restored for whatever runs next
