@@ -185,9 +185,14 @@ def _compare(args: argparse.Namespace) -> int:
         CompareConfig,
         args.config,
         args.overrides,
-        **{"data.category": args.category, "data.root": args.data_root, "out": args.out,
-           "models": models, "learning_curve": args.learning_curve or None,
-           "refit": args.refit or None},
+        **{
+            "data.category": args.category,
+            "data.root": args.data_root,
+            "out": args.out,
+            "models": models,
+            "learning_curve": args.learning_curve or None,
+            "refit": args.refit or None,
+        },
     )
     print(compare_category(config).text())
     return EXIT_OK
@@ -287,13 +292,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--category", help="category name (data.category), e.g. elpv, sealant")
     compare.add_argument("--data-root", help="folder of categories (data.root)")
-    compare.add_argument("--models", help="comma-separated models (models); default "
-                         "patchcore,padim,baseline")
+    compare.add_argument(
+        "--models", help="comma-separated models (models); default patchcore,padim,baseline"
+    )
     compare.add_argument("--out", help="output folder (out); default runs/<category>/compare")
-    compare.add_argument("--learning-curve", action="store_true", help="also train the baseline "
-                         "on 5, 10, 25, 50 and all train defects (learning_curve)")
-    compare.add_argument("--refit", action="store_true", help="fit even when a matching bundle "
-                         "exists (refit)")
+    compare.add_argument(
+        "--learning-curve",
+        action="store_true",
+        help="also train the baseline on 5, 10, 25, 50 and all train defects (learning_curve)",
+    )
+    compare.add_argument(
+        "--refit", action="store_true", help="fit even when a matching bundle exists (refit)"
+    )
     compare.add_argument("--config", help="YAML config file merged before overrides")
     compare.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     compare.set_defaults(handler=_compare)

@@ -163,6 +163,23 @@ def _rates_over_thresholds(
     return thresholds, misses, false_alarms
 
 
+def accuracy_max(labels: Any, scores: Any) -> tuple[float, float] | None:
+    """Best accuracy over all thresholds and the threshold achieving it: ``(accuracy, threshold)``.
+
+    Used to pick an accuracy-optimal threshold on validation images, then applied unchanged to the
+    test images (a fair accuracy for models without a natural 0.5 decision). Among thresholds with
+    the same accuracy the lowest is returned (it misses the fewest defects). ``None`` when a class
+    is absent.
+    """
+    y, s = _labels_scores(labels, scores)
+    if missing_class_reason(y) is not None:
+        return None
+    thresholds, misses, false_alarms = _rates_over_thresholds(y, s)
+    correct = y.size - misses - false_alarms
+    best = int(np.argmax(correct))  # thresholds ascend, so argmax picks the lowest among ties
+    return float(correct[best] / y.size), float(thresholds[best])
+
+
 def miss_rate_at_false_alarm_rate(
     labels: Any, scores: Any, far: float
 ) -> tuple[float, float] | None:

@@ -165,7 +165,9 @@ def epoch_order(
     if imbalance == "sampler":
         weights = class_weights(labels)[labels]
         sampler = torch.utils.data.WeightedRandomSampler(
-            torch.as_tensor(weights, dtype=torch.double), num_samples=n, replacement=True,
+            torch.as_tensor(weights, dtype=torch.double),
+            num_samples=n,
+            replacement=True,
             generator=generator,
         )
         return np.fromiter(iter(sampler), dtype=np.int64, count=n)
@@ -191,7 +193,10 @@ def augment(batch: np.ndarray, rng: np.random.Generator, max_rotation: float) ->
         if angle:
             matrix = cv2.getRotationMatrix2D(((size - 1) / 2.0, (size - 1) / 2.0), angle, 1.0)
             image = cv2.warpAffine(
-                image, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                image,
+                matrix,
+                (size, size),
+                flags=cv2.INTER_LINEAR,
                 borderMode=cv2.BORDER_REFLECT_101,
             )
         out[i] = image
@@ -489,8 +494,14 @@ class SupervisedClassifier(AnomalyModel):
         logger.info(
             "baseline %s (%s): %d good + %d defect images, best epoch %d of %d, %.1f s "
             "(%.0f CPU s)",
-            self.backbone, self.initialisation_, self.n_train_good_, self.n_train_defects_,
-            self.best_epoch_, self.epochs_run_, self.fit_seconds_, self.fit_cpu_seconds_,
+            self.backbone,
+            self.initialisation_,
+            self.n_train_good_,
+            self.n_train_defects_,
+            self.best_epoch_,
+            self.epochs_run_,
+            self.fit_seconds_,
+            self.fit_cpu_seconds_,
         )
         return self
 
@@ -548,7 +559,9 @@ class SupervisedClassifier(AnomalyModel):
         best_state: dict[str, torch.Tensor] | None = None
         stale = 0
         epochs_bar = tqdm(
-            range(1, self.epochs + 1), desc="baseline: epochs", unit="epoch",
+            range(1, self.epochs + 1),
+            desc="baseline: epochs",
+            unit="epoch",
             disable=not self.progress,
         )
         for epoch in epochs_bar:
@@ -556,8 +569,13 @@ class SupervisedClassifier(AnomalyModel):
             order = epoch_order(train_y, self.imbalance, rng, generator)
             network.train()
             losses: list[float] = []
-            with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", unit="step", leave=False,
-                      disable=not self.progress) as bar:
+            with tqdm(
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}",
+                unit="step",
+                leave=False,
+                disable=not self.progress,
+            ) as bar:
                 for start in range(0, n, self.train_batch_size):
                     index = order[start : start + self.train_batch_size]
                     if len(index) < 2:
@@ -566,8 +584,9 @@ class SupervisedClassifier(AnomalyModel):
                     if self.augment:
                         batch = augment(batch, rng, self.max_rotation)
                     target = torch.from_numpy(train_y[index])
-                    loss = self._loss(network(self._to_tensor(batch, network)), target,
-                                      loss_weights_t)
+                    loss = self._loss(
+                        network(self._to_tensor(batch, network)), target, loss_weights_t
+                    )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -577,14 +596,27 @@ class SupervisedClassifier(AnomalyModel):
                     bar.set_postfix(loss=f"{np.mean(losses):.3f}")
             train_loss = float(np.mean(losses)) if losses else float("nan")
             if val_x is None:
-                record = EpochRecord(epoch, train_loss, float("nan"), None, None,
-                                     time.perf_counter() - epoch_started,
-                                     _cpu_seconds() - epoch_cpu)
+                record = EpochRecord(
+                    epoch,
+                    train_loss,
+                    float("nan"),
+                    None,
+                    None,
+                    time.perf_counter() - epoch_started,
+                    _cpu_seconds() - epoch_cpu,
+                )
                 history.append(record)
                 continue
             val_loss, miss, auroc = self._validate(network, val_x, val_y)
-            record = EpochRecord(epoch, train_loss, val_loss, miss, auroc,
-                                 time.perf_counter() - epoch_started, _cpu_seconds() - epoch_cpu)
+            record = EpochRecord(
+                epoch,
+                train_loss,
+                val_loss,
+                miss,
+                auroc,
+                time.perf_counter() - epoch_started,
+                _cpu_seconds() - epoch_cpu,
+            )
             history.append(record)
             improved = is_better(record, best)
             if improved:
@@ -597,8 +629,14 @@ class SupervisedClassifier(AnomalyModel):
             logger.info(
                 "epoch %d/%d: train loss %.4f, val loss %.4f, val miss rate at <=%.0f%% false "
                 "alarms %s, val AUROC %s, %.0f s (%.0f CPU s)%s",
-                epoch, self.epochs, train_loss, val_loss, 100 * self.stop_false_alarm_rate,
-                miss_text, "n/a" if auroc is None else f"{auroc:.4f}", record.seconds,
+                epoch,
+                self.epochs,
+                train_loss,
+                val_loss,
+                100 * self.stop_false_alarm_rate,
+                miss_text,
+                "n/a" if auroc is None else f"{auroc:.4f}",
+                record.seconds,
                 record.cpu_seconds,
                 " (best)" if improved else "",
             )
@@ -616,9 +654,7 @@ class SupervisedClassifier(AnomalyModel):
     ) -> torch.Tensor:
         """Class-weighted cross-entropy, normalised by the batch's total weight (as
         ``nn.CrossEntropyLoss(weight=...)`` does), for either head."""
-        per_sample = F.binary_cross_entropy_with_logits(
-            log_odds, target.float(), reduction="none"
-        )
+        per_sample = F.binary_cross_entropy_with_logits(log_odds, target.float(), reduction="none")
         # For the 2-class head, softmax cross-entropy on (l0, l1) equals the binary one on the
         # log-odds l1 - l0, so one formula serves both heads.
         sample_weights = weights[target]
@@ -711,7 +747,7 @@ class SupervisedClassifier(AnomalyModel):
             raise BundleError(f"{where}: {INFO_KEY} is not valid JSON ({error})") from error
         network = empty_network(self.backbone, self.head, info.get("weights_source", "bundle"))
         state = {
-            key[len(WEIGHT_PREFIX):]: torch.from_numpy(np.ascontiguousarray(value))
+            key[len(WEIGHT_PREFIX) :]: torch.from_numpy(np.ascontiguousarray(value))
             for key, value in tensors.items()
             if key.startswith(WEIGHT_PREFIX)
         }

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly import metrics
 from anomaly.bundle import bundle_size_bytes, load_bundle, read_metadata
 from anomaly.config import FitConfig, to_yaml
 from anomaly.data.dataset import SPLITS, Dataset, Sample
@@ -67,6 +68,8 @@ class ModelRow:
     test_fingerprint: str | None = None
     #: The classifier's own decision rule (defect probability >= 0.5), supervised models only.
     accuracy_at_half: float | None = None
+    #: Test accuracy at the threshold that maximises accuracy on the validation images (any model).
+    accuracy_val_best: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -96,6 +99,7 @@ class ModelRow:
             "far_at_miss_5pct": far("0.05"),
             "accuracy": _accuracy(op),
             "accuracy_at_half": self.accuracy_at_half,
+            "accuracy_val_best": self.accuracy_val_best,
             "pixel_auroc": m.get("pixel_auroc"),
             "aupro": m.get("aupro"),
             "fit_seconds": self.fit_seconds,
@@ -119,8 +123,11 @@ class CompareResult:
     files: list[Path] = field(default_factory=list)
 
     def text(self) -> str:
-        lines = [f"comparison on {self.category} (split fingerprints: "
-                 + ", ".join(f"{s} {self.fingerprints[s][:12]}" for s in SPLITS) + ")"]
+        lines = [
+            f"comparison on {self.category} (split fingerprints: "
+            + ", ".join(f"{s} {self.fingerprints[s][:12]}" for s in SPLITS)
+            + ")"
+        ]
         lines += [f"  {line}" for line in balance_lines(self.summary)]
         val = self.summary["val"]
         lines.append(
@@ -129,8 +136,10 @@ class CompareResult:
             "for training"
         )
         if self.same_test_images:
-            lines.append(f"  all models scored the same test images "
-                         f"(fingerprint {self.fingerprints['test'][:12]})")
+            lines.append(
+                f"  all models scored the same test images "
+                f"(fingerprint {self.fingerprints['test'][:12]})"
+            )
         else:
             lines.append("  WARNING: the models did not all score the same test images")
         lines.append("")
@@ -144,8 +153,10 @@ class CompareResult:
                 lines.append(f"{row.model}: {row.error}")
         if self.learning_curve:
             lines.append("")
-            lines.append("learning curve (baseline with n labelled train defects, all good train "
-                         "images; unsupervised models need none):")
+            lines.append(
+                "learning curve (baseline with n labelled train defects, all good train "
+                "images; unsupervised models need none):"
+            )
             lines.append(format_curve(self.learning_curve))
         lines.append("")
         lines += [f"wrote {path}" for path in self.files]
@@ -193,8 +204,14 @@ def compare_category(config: DictConfig) -> CompareResult:
     same = _check_same_test_images(rows, fingerprints["test"])
     files: list[Path] = []
     if curves:
-        files.append(roc_plot(curves, out / "roc.png", points,
-                              title=f"{dataset.name}: test ROC, dots at the calibrated threshold"))
+        files.append(
+            roc_plot(
+                curves,
+                out / "roc.png",
+                points,
+                title=f"{dataset.name}: test ROC, dots at the calibrated threshold",
+            )
+        )
     learning = []
     if config.learning_curve:
         learning = learning_curve(config, dataset, rows)
@@ -213,8 +230,9 @@ def compare_category(config: DictConfig) -> CompareResult:
     if learning:
         files.append(_write_text(out / "learning_curve.csv", _csv(learning)))
     result.files = [*files, out / "compare.json"]
-    _write_text(out / "compare.json", json.dumps(_to_json(result, config), indent=2,
-                                                 default=_json_default))
+    _write_text(
+        out / "compare.json", json.dumps(_to_json(result, config), indent=2, default=_json_default)
+    )
     return result
 
 
@@ -280,8 +298,9 @@ def _evaluate_model(
     row = ModelRow(model=name, status="error", bundle_dir=str(bundle_dir))
     try:
         fit_config = fit_config_for(config, name, bundle_dir)
-        problem = "refit=true" if config.refit else reuse_problem(bundle_dir, fit_config,
-                                                                  fingerprints)
+        problem = (
+            "refit=true" if config.refit else reuse_problem(bundle_dir, fit_config, fingerprints)
+        )
         if problem is None:
             logger.info("%s: reusing the bundle at %s (same split and config)", name, bundle_dir)
             model = load_bundle(bundle_dir)
@@ -307,6 +326,7 @@ def _evaluate_model(
         row.test_fingerprint = split_fingerprint(scores.samples)
         row.metrics = split_metrics(scores, model.threshold_)
         row.ms_per_image = round(scores.ms_per_image, 2)
+        row.accuracy_val_best = accuracy_at_validation_best(model, scores.labels, scores.scores)
         if model.supervised:
             row.accuracy_at_half = float(np.mean((scores.scores >= 0.5) == (scores.labels == 1)))
         return row, scores
@@ -316,9 +336,30 @@ def _evaluate_model(
         logger.error("%s failed: %s", name, error)
         logger.debug("traceback", exc_info=True)
         row.status = "error"
-        row.error = f"{type(error).__name__}: {error}" if not isinstance(error, AnomalyError) \
+        row.error = (
+            f"{type(error).__name__}: {error}"
+            if not isinstance(error, AnomalyError)
             else str(error)
+        )
         return row, None
+
+
+def accuracy_at_validation_best(
+    model: AnomalyModel, labels: np.ndarray, scores: np.ndarray
+) -> float | None:
+    """Accuracy on ``(labels, scores)`` at the threshold that maximises validation accuracy.
+
+    The validation scores are the ones kept by calibration, so the threshold never sees the test
+    images. ``None`` when the model is not calibrated or validation lacks a class.
+    """
+    calibration = getattr(model, "calibration_", None)
+    if calibration is None:
+        return None
+    good, defect = calibration.scores_good, calibration.scores_defect
+    best = metrics.accuracy_max([0] * len(good) + [1] * len(defect), [*good, *defect])
+    if best is None:
+        return None
+    return float(np.mean((np.asarray(scores) >= best[1]) == (np.asarray(labels) == 1)))
 
 
 def _describe(row: ModelRow, model: AnomalyModel, dataset: Dataset) -> None:
@@ -388,12 +429,14 @@ def learning_curve(
     val, test = dataset.select("val"), dataset.select("test")
     if not defects:
         raise DataError(f"category {dataset.name!r} has no training defects for a learning curve")
-    subsets = defect_subsets(len(defects), list(config.learning_curve_defects),
-                             int(config.runtime.seed))
+    subsets = defect_subsets(
+        len(defects), list(config.learning_curve_defects), int(config.runtime.seed)
+    )
     fit_config = fit_config_for(config, "baseline", Path(config.runs_dir))
     points: list[dict[str, Any]] = [
         _curve_point(row.model, 0, row.metrics, row.fit_seconds, row.error)
-        for row in rows if row.status != "error" and row.train_defects == 0
+        for row in rows
+        if row.status != "error" and row.train_defects == 0
     ]
     main = next((r for r in rows if r.model == "baseline" and r.status != "error"), None)
     for count, indices in subsets.items():
@@ -405,12 +448,17 @@ def learning_curve(
         try:
             started = time.perf_counter()
             model = build_model(fit_config)
-            model.fit([s.path for s in chosen], [s.label for s in chosen],
-                      validation=([s.path for s in val], [s.label for s in val]))
+            model.fit(
+                [s.path for s in chosen],
+                [s.label for s in chosen],
+                validation=([s.path for s in val], [s.label for s in val]),
+            )
             val_scores = score_split(model, val)
             cal = config.calibration
             model.calibrate_from_scores(
-                val_scores.scores, val_scores.labels, val_scores.map_maxima,
+                val_scores.scores,
+                val_scores.labels,
+                val_scores.map_maxima,
                 target_miss_rate=cal.target_miss_rate,
                 fallback_false_alarm_rate=cal.fallback_false_alarm_rate,
                 confidence=cal.confidence,
@@ -427,7 +475,10 @@ def learning_curve(
 
 
 def _curve_point(
-    model: str, defects: int, metrics: dict[str, Any], fit_seconds: float | None,
+    model: str,
+    defects: int,
+    metrics: dict[str, Any],
+    fit_seconds: float | None,
     error: str | None,
 ) -> dict[str, Any]:
     op = metrics.get("operating_point") or {}
@@ -457,8 +508,10 @@ def balance_lines(summary: dict[str, Any]) -> list[str]:
         counts = summary[split]
         total = counts["good"] + counts["defect"]
         share = counts["defect"] / total if total else 0.0
-        lines.append(f"{split:<5}: {counts['good']:>5} good, {counts['defect']:>5} defect "
-                     f"({share:.1%} defect)")
+        lines.append(
+            f"{split:<5}: {counts['good']:>5} good, {counts['defect']:>5} defect "
+            f"({share:.1%} defect)"
+        )
     return lines
 
 
@@ -470,6 +523,7 @@ _COLUMNS = (
     ("FA@thr", "false_alarm_rate", "%"),
     ("acc@thr", "accuracy", "%"),
     ("acc@0.5", "accuracy_at_half", "%"),
+    ("acc@valbest", "accuracy_val_best", "%"),
     ("FA@miss0", "far_at_miss_0", "%"),
     ("FA@miss1%", "far_at_miss_1pct", "%"),
     ("FA@miss5%", "far_at_miss_5pct", "%"),
@@ -492,26 +546,38 @@ def _cell(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
+def _fixed_width(columns: tuple[tuple[str, str, str], ...], rows: list[dict[str, Any]]) -> str:
+    header = [title for title, _, _ in columns]
+    body = [[_cell(row.get(key), spec) for _, key, spec in columns] for row in rows]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [header, *body]
+    )
+
+
 def format_table(figures: list[dict[str, Any]]) -> str:
     """Fixed-width text table of :meth:`ModelRow.figures` dicts."""
-    header = [title for title, _, _ in _COLUMNS]
-    body = [[_cell(f.get(key), spec) for _, key, spec in _COLUMNS] for f in figures]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                       enumerate(zip(r, widths, strict=True))) for r in [header, *body]]
-    return "\n".join(lines)
+    return _fixed_width(_COLUMNS, figures)
+
+
+_CURVE_COLUMNS = (
+    ("model", "model", "s"),
+    ("defects", "train_defects", "d"),
+    ("AUROC", "auroc", ".4f"),
+    ("miss@thr", "miss_rate", "%"),
+    ("FA@thr", "false_alarm_rate", "%"),
+    ("FA@miss5%", "far_at_miss_5pct", "%"),
+    ("acc@thr", "accuracy", "%"),
+    ("fit s", "fit_seconds", ".0f"),
+)
 
 
 def format_curve(points: list[dict[str, Any]]) -> str:
-    columns = (("model", "model", "s"), ("defects", "train_defects", "d"),
-               ("AUROC", "auroc", ".4f"), ("miss@thr", "miss_rate", "%"),
-               ("FA@thr", "false_alarm_rate", "%"), ("FA@miss5%", "far_at_miss_5pct", "%"),
-               ("acc@thr", "accuracy", "%"), ("fit s", "fit_seconds", ".0f"))
-    header = [title for title, _, _ in columns]
-    body = [[_cell(p.get(key), spec) for _, key, spec in columns] for p in points]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                               enumerate(zip(r, widths, strict=True))) for r in [header, *body])
+    """Fixed-width text table of learning-curve points."""
+    return _fixed_width(_CURVE_COLUMNS, points)
 
 
 def _accuracy(op: dict[str, Any]) -> float | None:
@@ -537,8 +603,14 @@ def _scores_csv(test: list[Sample], per_image: dict[str, np.ndarray]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["file", "label", "defect_type", *per_image])
     for i, sample in enumerate(test):
-        writer.writerow([str(sample.path), sample.label, sample.defect_type,
-                         *(f"{scores[i]:.6g}" for scores in per_image.values())])
+        writer.writerow(
+            [
+                str(sample.path),
+                sample.label,
+                sample.defect_type,
+                *(f"{scores[i]:.6g}" for scores in per_image.values()),
+            ]
+        )
     return buffer.getvalue()
 
 

@@ -44,8 +44,16 @@ def _data(n_good: int, n_defect: int, seed: int) -> tuple[list[np.ndarray], list
 
 
 def _tiny(**kwargs) -> SupervisedClassifier:
-    params = dict(network="resnet18", weights="none", input_size=SIZE, epochs=2, patience=2,
-                  train_batch_size=8, progress=False, num_threads=1)
+    params = dict(
+        network="resnet18",
+        weights="none",
+        input_size=SIZE,
+        epochs=2,
+        patience=2,
+        train_batch_size=8,
+        progress=False,
+        num_threads=1,
+    )
     params.update(kwargs)
     return SupervisedClassifier(**params)
 
@@ -88,8 +96,9 @@ def test_sampler_balances_the_classes() -> None:
 
 
 def _record(epoch: int, loss: float, miss: float | None) -> EpochRecord:
-    return EpochRecord(epoch, train_loss=0.0, val_loss=loss, val_miss_rate=miss, val_auroc=None,
-                       seconds=0.0)
+    return EpochRecord(
+        epoch, train_loss=0.0, val_loss=loss, val_miss_rate=miss, val_auroc=None, seconds=0.0
+    )
 
 
 def test_stopping_rule_keys_on_the_miss_rate_not_the_loss() -> None:
@@ -130,8 +139,9 @@ def test_training_stops_on_the_miss_rate_and_restores_that_epoch(monkeypatch) ->
     restored = model.extractor_.state_dict()
     for key, value in snapshots[0].items():
         torch.testing.assert_close(restored[key], value)
-    changed = any(not torch.equal(restored[k], v) for k, v in snapshots[-1].items()
-                  if v.is_floating_point())
+    changed = any(
+        not torch.equal(restored[k], v) for k, v in snapshots[-1].items() if v.is_floating_point()
+    )
     assert changed, "the last epoch's weights were kept instead of the best epoch's"
 
 
@@ -147,8 +157,9 @@ def test_augmentation_keeps_the_defect() -> None:
         assert out.shape == image.shape and out.dtype == np.uint8
         bright = (out[0, :, :, 0] > 200).sum()
         assert 0.8 * 256 <= bright <= 1.2 * 256  # flips and <= 10 degrees keep the square
-    assert np.array_equal(augment(image, np.random.default_rng(1), 0.0)[0, 24:40, 24:40],
-                          image[0, 24:40, 24:40])
+    assert np.array_equal(
+        augment(image, np.random.default_rng(1), 0.0)[0, 24:40, 24:40], image[0, 24:40, 24:40]
+    )
 
 
 # --------------------------------------------------------------------------- Grad-CAM
@@ -230,7 +241,9 @@ def test_bundle_round_trip_gives_identical_scores_and_holds_no_pickle(
 
     bundle = save_bundle(model, tmp_path / "bundle")
     assert sorted(p.name for p in bundle.iterdir()) == [
-        "config.yaml", "metadata.json", "model.safetensors"
+        "config.yaml",
+        "metadata.json",
+        "model.safetensors",
     ]
     for file in bundle.iterdir():
         head_bytes = file.read_bytes()[:2]
@@ -245,8 +258,10 @@ def test_bundle_round_trip_gives_identical_scores_and_holds_no_pickle(
     for a, b in zip(after.anomaly_maps, before.anomaly_maps, strict=True):
         np.testing.assert_array_equal(a, b)
     assert loaded.threshold_ == model.threshold_
-    assert loaded.initialisation_ == model.initialisation_ == (
-        "random (weights=none): trained from scratch"
+    assert (
+        loaded.initialisation_
+        == model.initialisation_
+        == ("random (weights=none): trained from scratch")
     )
     assert loaded.n_train_defects_ == 6 and loaded.history_ == model.history_
     assert read_metadata(bundle)["backbone"]["weights_source"] == "random"
@@ -276,18 +291,44 @@ def test_cli_fit_and_score_write_heatmaps(tmp_path: Path, capsys) -> None:
 
     make_folder_category(tmp_path / "data" / "part")
     bundle = tmp_path / "runs" / "baseline"
-    code = main(["fit", "--category", "part", "--data-root", str(tmp_path / "data"),
-                 "--model", "baseline", "--out", str(bundle), "baseline.network=resnet18",
-                 "backbone.weights=none", f"baseline.input_size={SIZE}", "baseline.epochs=2",
-                 "baseline.train_batch_size=8", "runtime.progress=false",
-                 "runtime.num_threads=1"])
+    code = main(
+        [
+            "fit",
+            "--category",
+            "part",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--model",
+            "baseline",
+            "--out",
+            str(bundle),
+            "baseline.network=resnet18",
+            "backbone.weights=none",
+            f"baseline.input_size={SIZE}",
+            "baseline.epochs=2",
+            "baseline.train_batch_size=8",
+            "runtime.progress=false",
+            "runtime.num_threads=1",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "initialisation: random (weights=none): trained from scratch" in text
     assert "labelled training images" in text
     out = tmp_path / "score"
-    code = main(["score", "--model", str(bundle), "--split", "test", "--out", str(out),
-                 "runtime.progress=false", "runtime.num_threads=1"])
+    code = main(
+        [
+            "score",
+            "--model",
+            str(bundle),
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            "runtime.progress=false",
+            "runtime.num_threads=1",
+        ]
+    )
     assert code == 0
     rows = (out / "scores.csv").read_text().splitlines()
     n_rejected = sum(",NG," in row for row in rows)

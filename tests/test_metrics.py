@@ -9,6 +9,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomaly import plots
 from anomaly.metrics import (
+    accuracy_max,
     aupro,
     average_precision,
     f1_max,
@@ -72,6 +73,27 @@ def test_f1_max_matches_brute_force(seed):
     assert f1 == pytest.approx(best, abs=1e-12)
     assert f1_at(threshold) == pytest.approx(best, abs=1e-12)
     assert threshold in scores
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_accuracy_max_matches_brute_force_and_prefers_fewer_misses(seed):
+    labels, scores = _random_split(seed, levels=6 if seed % 2 else None)
+
+    def accuracy_at(t):
+        misses, fa = _counts(labels, scores, t)
+        return 1 - (misses + fa) / labels.size
+
+    candidates = sorted(_candidates(scores))
+    best = max(accuracy_at(t) for t in candidates)
+    accuracy, threshold = accuracy_max(labels, scores)
+    assert accuracy == pytest.approx(best, abs=1e-12)
+    assert accuracy_at(threshold) == pytest.approx(best, abs=1e-12)
+    fewest_misses = min(
+        _counts(labels, scores, t)[0]
+        for t in candidates
+        if accuracy_at(t) == pytest.approx(best, abs=1e-12)
+    )
+    assert _counts(labels, scores, threshold)[0] == fewest_misses
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -156,6 +178,7 @@ def test_single_class_split_returns_none_with_reason_and_computes_the_rest():
     assert image_auroc(labels, scores) is None
     assert average_precision(labels, scores) is None
     assert f1_max(labels, scores) is None
+    assert accuracy_max(labels, scores) is None
     assert miss_rate_at_false_alarm_rate(labels, scores, 0.01) is None
 
     result = image_metrics(labels, scores, threshold=0.45)
