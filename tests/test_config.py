@@ -24,7 +24,6 @@ def test_later_sources_win(tmp_path):
     assert config.image_size == 224 and config.data.category == "sealant"
 
 
-
 def test_every_shipped_config_file_is_valid():
     """A typo in a shipped YAML key must fail here, not on a user's line."""
     from anomaly.config import CompareConfig
