@@ -121,12 +121,19 @@ def fit_category(config: DictConfig) -> FitResult:
     test = dataset.select("test")
     if not val:
         raise DataError(f"category {dataset.name!r} has no validation images to calibrate on")
-    logger.info("fitting %s on %d good images of %s", model.model_name, len(train), dataset.name)
     started = time.perf_counter()
     if model.supervised:
         # A supervised baseline learns from both classes of the same train split and watches
         # the same validation split for early stopping.
         labelled = dataset.select("train")
+        n_defect = sum(s.label for s in labelled)
+        logger.info(
+            "fitting %s on %d good and %d defect images of %s",
+            model.model_name,
+            len(labelled) - n_defect,
+            n_defect,
+            dataset.name,
+        )
         model.fit(
             [s.path for s in labelled],
             [s.label for s in labelled],
@@ -134,6 +141,9 @@ def fit_category(config: DictConfig) -> FitResult:
         )
         train = labelled
     else:
+        logger.info(
+            "fitting %s on %d good images of %s", model.model_name, len(train), dataset.name
+        )
         model.fit([s.path for s in train])
     val_scores = score_split(model, val)
     cal = config.calibration
