@@ -81,7 +81,7 @@ def save_bundle(
                 "fit_seconds": round(model.fit_seconds_, 3),
             },
             "calibration": None if calibration is None else calibration.to_dict(),
-            "versions": _versions(),
+            "versions": library_versions(),
             **(extra_metadata or {}),
             "files": {name: _sha256(staging / name) for name in files},
         }
@@ -224,7 +224,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide a model's numbers, recorded with every result.
+
+    OpenCV is here because it renders the built-in sealant images and resizes images and maps.
+    """
+    import cv2
     import faiss
     import timm
     import torch
@@ -236,4 +241,5 @@ def _versions() -> dict[str, str]:
         "timm": timm.__version__,
         "faiss": faiss.__version__,
         "numpy": np.__version__,
+        "opencv": cv2.__version__,
     }

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anomaly.bundle import library_versions
 from anomaly.config import FitConfig, build_config
 from anomaly.features import extract
 from anomaly.images import load_image
@@ -103,6 +104,9 @@ def main() -> int:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "memory_bank_size": summary.get("memory_bank_size"),
         "bundle_mb": summary["bundle_mb"],
+        # Figures move with library versions (a fresh install resolves the newest), so they are
+        # printed with them.
+        "versions": library_versions(),
     }
     width = max(len(k) for k in figures)
     for key, value in figures.items():
