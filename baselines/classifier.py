@@ -373,7 +373,7 @@ class SupervisedClassifier(AnomalyModel):
         augment: bool = True,
         max_rotation: float = 10.0,
         blur_sigma: float = 4.0,
-        batch_size: int = 16,
+        batch_size: int = 8,
         num_threads: int = 0,
         seed: int = 0,
         progress: bool = True,

@@ -92,7 +92,7 @@ class AnomalyModel:
         weights: str = "imagenet",
         image_size: int = 256,
         blur_sigma: float = 4.0,
-        batch_size: int = 16,
+        batch_size: int = 8,
         num_threads: int = 0,
         seed: int = 0,
         progress: bool = True,

@@ -63,7 +63,7 @@ class PatchCore(AnomalyModel):
         num_neighbors: int = 9,
         index: str = "flat",
         blur_sigma: float = 4.0,
-        batch_size: int = 16,
+        batch_size: int = 8,
         num_threads: int = 0,
         seed: int = 0,
         progress: bool = True,
