@@ -113,6 +113,25 @@ def _score(args: argparse.Namespace) -> int:
     return EXIT_OK if run.n_scored else EXIT_NOTHING_SCORED
 
 
+def _add(args: argparse.Namespace) -> int:
+    from anomaly.config import AddConfig, build_config
+    from anomaly.pipeline import add_good_images
+
+    config = build_config(
+        AddConfig,
+        args.config,
+        args.overrides,
+        **{"paths": args.paths or None, "model": args.model, "out": args.out},
+    )
+    if not config.paths:
+        raise AnomalyError("nothing to add: give good image files or folders")
+    result, skipped = add_good_images(config.model, list(config.paths), config.out, config.runtime)
+    print(result.text())
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}")
+    return EXIT_OK
+
+
 def _split_files(bundle_dir: Path, split: str):
     from omegaconf import OmegaConf
 
@@ -235,12 +254,7 @@ def _parser() -> argparse.ArgumentParser:
         "rejected part and run.json. Bad files are recorded and skipped; the exit code is 1 "
         "only when nothing could be scored.",
     )
-    score.add_argument(
-        "paths",
-        nargs="*",
-        metavar="PATH",
-        help="image files or folders (searched recursively); key=value overrides may follow",
-    )
+    _paths_argument(score, "image files or folders")
     score.add_argument("--model", help="model bundle directory (model)")
     score.add_argument("--out", help="run directory (out); default runs/score-<time>")
     score.add_argument(
@@ -251,6 +265,21 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--no-heatmaps", action="store_true", help="no overlay PNGs (heatmaps)")
     score.add_argument("--config", help="YAML config file merged before overrides")
     score.set_defaults(handler=_score, overrides=[])
+
+    add = commands.add_parser(
+        "add",
+        help="add good images to a fitted PatchCore model without refitting",
+        description="Add good images to a PatchCore bundle's memory bank (the coreset share of "
+        "their patches least like those already kept), then recalibrate on the model's "
+        "validation split, re-test and save. Images that are validation or test images of the "
+        "model are refused; unreadable files are skipped and listed. The replaced bundle is "
+        "kept in <out>.previous.",
+    )
+    _paths_argument(add, "good image files or folders")
+    add.add_argument("--model", help="PatchCore bundle directory (model)")
+    add.add_argument("--out", help="where to save (out); default the model's own directory")
+    add.add_argument("--config", help="YAML config file merged before overrides")
+    add.set_defaults(handler=_add, overrides=[])
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -317,6 +346,15 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", help="run directory written by `anomaly score`")
     report.set_defaults(handler=_report, overrides=[])
     return parser
+
+
+def _paths_argument(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help=f"{what} (searched recursively); key=value overrides may follow",
+    )
 
 
 def _route_extra(

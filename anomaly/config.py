@@ -137,6 +137,16 @@ class ScoreConfig:
 
 
 @dataclass
+class AddConfig:
+    """``anomaly add``: add good images to a fitted PatchCore bundle, recalibrate, re-test."""
+
+    paths: list[str] = field(default_factory=list)
+    model: str = "runs/sealant/patchcore"  # bundle directory
+    out: str | None = None  # default: the model's own directory (old one kept in <dir>.previous)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+@dataclass
 class EvaluateConfig:
     """``anomaly evaluate``: every metric of one or several bundles on one labelled split."""
 

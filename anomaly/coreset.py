@@ -92,6 +92,20 @@ class StreamingCoreset:
         self._rng = np.random.default_rng(seed)
         self.n_seen = 0
 
+    def prime(self, bank: torch.Tensor) -> None:
+        """Start from an existing bank ``(M, D)``: later chunks keep only patches far from it.
+
+        The bank's vectors count as already selected but are not returned by :meth:`bank`, which
+        then holds only the new picks (this is how good images are added to a fitted model).
+        """
+        bank = bank.float().contiguous()
+        if self.ratio >= 1.0 or bank.shape[0] == 0:
+            return
+        if self._projection is None:
+            self._projection = RandomProjection(bank.shape[1], self.projection_dim, self.seed)
+            self._projected_bank = faiss.IndexFlatL2(self._projection.out_dim)
+        self._projected_bank.add(self._projection(bank).contiguous().numpy())
+
     def add(self, features: torch.Tensor) -> None:
         features = features.float().contiguous()
         n_points = features.shape[0]

@@ -44,3 +44,7 @@ class BundleError(AnomalyError, ValueError):
 
 class NotFittedError(AnomalyError, RuntimeError):
     """A method needs a fitted (or calibrated) model."""
+
+
+class UnsupportedError(AnomalyError, NotImplementedError):
+    """The model cannot do what was asked (e.g. add images to a PaDiM model without refitting)."""

@@ -58,6 +58,20 @@ class MemoryBank:
         self.index_ = index
         return self
 
+    def add(self, vectors: np.ndarray) -> MemoryBank:
+        """Append vectors ``(n, D)`` to a built bank (flat and HNSW indexes both grow in place)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(
+                f"cannot add vectors of shape {vectors.shape} to a {self.dim}-dim bank"
+            )
+        self.index_.add(vectors)
+        return self
+
+    def all_vectors(self) -> np.ndarray:
+        """Every bank vector, ``(M, D)``."""
+        return self.index_.reconstruct_n(0, self.size)
+
     @property
     def size(self) -> int:
         return 0 if self.index_ is None else int(self.index_.ntotal)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +14,16 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly.bundle import bundle_size_bytes, save_bundle
+from anomaly.bundle import bundle_size_bytes, load_bundle, save_bundle
 from anomaly.config import to_yaml
 from anomaly.data import load_category
 from anomaly.data.dataset import Dataset, Sample
-from anomaly.errors import DataError
+from anomaly.errors import AnomalyError, DataError
 from anomaly.evaluation import model_memory_bytes, score_split, split_fingerprint, split_metrics
+from anomaly.images import load_image
 from anomaly.models import model_class
 from anomaly.models.base import AnomalyModel
+from anomaly.scoring import collect_files
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +122,6 @@ def fit_category(config: DictConfig) -> FitResult:
     model = build_model(config)
     train = training_samples(dataset, config.data.max_train_images, config.data.seed)
     val = dataset.select("val")
-    test = dataset.select("test")
     if not val:
         raise DataError(f"category {dataset.name!r} has no validation images to calibrate on")
     started = time.perf_counter()
@@ -145,6 +148,24 @@ def fit_category(config: DictConfig) -> FitResult:
             "fitting %s on %d good images of %s", model.model_name, len(train), dataset.name
         )
         model.fit([s.path for s in train])
+    return _calibrate_test_save(model, config, dataset, len(train), started)
+
+
+def _calibrate_test_save(
+    model: AnomalyModel,
+    config: DictConfig,
+    dataset: Dataset,
+    n_train_images: int,
+    started: float,
+    history: dict[str, Any] | None = None,
+) -> FitResult:
+    """Calibrate on the validation split, score the test split, save the bundle.
+
+    ``started`` is when fitting began (validation scoring is not counted as fitting);
+    ``history`` is stored with the bundle's data record (e.g. good images added later).
+    """
+    val = dataset.select("val")
+    test = dataset.select("test")
     val_scores = score_split(model, val)
     cal = config.calibration
     model.calibrate_from_scores(
@@ -168,11 +189,12 @@ def fit_category(config: DictConfig) -> FitResult:
         "split_fingerprints": {
             split: split_fingerprint(dataset.select(split)) for split in ("train", "val", "test")
         },
+        **(history or {}),
     }
     summary: dict[str, Any] = {
         "model": model.model_name,
         "category": dataset.name,
-        "n_train_images": len(train),
+        "n_train_images": n_train_images,
         "fit_seconds": round(fit_seconds, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "test": test_metrics,
@@ -181,6 +203,78 @@ def fit_category(config: DictConfig) -> FitResult:
     bundle = save_bundle(model, out, to_yaml(config), {"data": data_info, "evaluation": summary})
     summary["bundle_mb"] = round(bundle_size_bytes(bundle) / 2**20, 2)
     return FitResult(model=model, bundle_dir=bundle, summary=summary)
+
+
+def add_good_images(
+    bundle_dir: str | Path,
+    paths: list[str | Path],
+    out: str | Path | None = None,
+    runtime: DictConfig | None = None,
+) -> tuple[FitResult, list[tuple[str, str]]]:
+    """Add good images to a fitted PatchCore bundle, recalibrate, re-test and save it.
+
+    The model's own validation and test splits (from the bundle's config) recalibrate and
+    re-test it, so an added image that is also one of those is refused: it would make the
+    figures lie. Unreadable files are skipped and returned as ``(file, reason)``. ``out``
+    defaults to ``bundle_dir``; the bundle it replaces is kept in ``<out>.previous``.
+    """
+    bundle_dir = Path(bundle_dir)
+    model = load_bundle(bundle_dir)
+    model.check_can_add_images()
+    config = OmegaConf.load(bundle_dir / "config.yaml")
+    if runtime is not None:
+        config.runtime = OmegaConf.merge(config.runtime, runtime)
+    model.progress = config.runtime.progress
+    model.batch_size = config.runtime.batch_size
+    model.num_threads = config.runtime.num_threads
+    files, errors = collect_files(paths)
+    skipped = [(row.file, row.error) for row in errors]
+    readable: list[Path] = []
+    for path in files:
+        try:
+            load_image(path)
+        except AnomalyError as error:
+            skipped.append((str(path), str(error)))
+            continue
+        readable.append(path)
+    for path, reason in skipped:
+        logger.warning("skipped %s: %s", path, reason)
+    if not readable:
+        raise DataError(f"no readable good images to add under {', '.join(map(str, paths))}")
+    dataset = load_dataset(config)
+    held_out = {_sha256(s.path): s.path for s in dataset.select("val") + dataset.select("test")}
+    leaked = [f"{p} (= {held_out[h]})" for p in readable if (h := _sha256(p)) in held_out]
+    if leaked:
+        raise DataError(
+            f"{len(leaked)} image(s) to add are validation/test images of this model, which "
+            f"calibrate and test it: {'; '.join(leaked[:5])}"
+        )
+    added = list(model.metadata_.get("data", {}).get("added_images", []))
+    added += [{"file": str(p.resolve()), "sha256": _sha256(p)} for p in readable]
+    started = time.perf_counter()
+    model.partial_fit(readable)
+    config.out = str(out or bundle_dir)
+    target = Path(config.out)
+    if target.exists():
+        _keep_previous(target)
+    result = _calibrate_test_save(
+        model, config, dataset, model.n_train_images_, started, {"added_images": added}
+    )
+    return result, skipped
+
+
+def _keep_previous(bundle: Path) -> None:
+    """Copy ``bundle`` to ``<bundle>.previous`` (replacing an older copy) before it is replaced."""
+    previous = bundle.with_name(bundle.name + ".previous")
+    staging = bundle.with_name(bundle.name + ".previous.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(bundle, staging)
+    shutil.rmtree(previous, ignore_errors=True)
+    staging.rename(previous)
+
+
+def _sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def model_facts(model: AnomalyModel) -> dict[str, Any]:

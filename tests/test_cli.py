@@ -7,8 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import make_parts_category, save_image, textured_part
 
+from anomaly.bundle import load_bundle
 from anomaly.cli import main
 
 FAST = ["image_size=64", "patchcore.coreset_ratio=0.25", "runtime.progress=false"]
@@ -16,8 +19,6 @@ FAST = ["image_size=64", "patchcore.coreset_ratio=0.25", "runtime.progress=false
 
 @pytest.fixture(scope="module")
 def fitted_bundle(tmp_path_factory):
-    from conftest import make_parts_category
-
     root = tmp_path_factory.mktemp("cli") / "data"
     make_parts_category(root / "parts")
     out = root.parent / "bundle"
@@ -147,3 +148,59 @@ def test_categories_lists_builtin_and_found(fitted_bundle, capsys):
     assert main(["categories", "--data-root", str(root), "--json"]) == 0
     names = {c["name"] for c in json.loads(capsys.readouterr().out)}
     assert {"elpv", "sealant", "parts"} <= names
+
+
+def test_add_grows_the_bank_recalibrates_and_keeps_the_previous_bundle(
+    fitted_bundle, tmp_path, capsys
+):
+    _, bundle = fitted_bundle
+    work = tmp_path / "bundle"
+    shutil.copytree(bundle, work)
+    before = load_bundle(work)
+    new_good = tmp_path / "new_good"
+    new_good.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(3):
+        save_image(new_good / f"good_{i}.png", textured_part(rng))
+    (new_good / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    code = main(["add", str(new_good), "--model", str(work), "runtime.progress=false"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "skipped" in printed and "broken.png" in printed
+    after = load_bundle(work)
+    assert after.memory_bank_.size > before.memory_bank_.size
+    assert after.n_train_images_ == before.n_train_images_ + 3
+    assert after.threshold_ is not None  # recalibrated on the model's own validation split
+    added = after.metadata_["data"]["added_images"]
+    assert sorted(Path(a["file"]).name for a in added) == [f"good_{i}.png" for i in range(3)]
+    # The replaced bundle survives, loadable, next to the new one.
+    assert load_bundle(work.with_name("bundle.previous")).memory_bank_.size == (
+        before.memory_bank_.size
+    )
+
+
+def test_add_refuses_validation_or_test_images(fitted_bundle, tmp_path, capsys):
+    root, bundle = fitted_bundle
+    work = tmp_path / "bundle"
+    shutil.copytree(bundle, work)
+    candidates = [p for p in (root / "parts").rglob("*.png") if "good" in p.parts]
+    folder = tmp_path / "sneaky"
+    folder.mkdir()
+    for i, path in enumerate(candidates):
+        shutil.copy(path, folder / f"renamed_{i}.png")
+    code = main(["add", str(folder), "--model", str(work), "runtime.progress=false"])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "validation/test images" in err and "renamed_" in err
+    assert not work.with_name("bundle.previous").exists()  # refused before anything was written
+
+
+def test_add_to_padim_says_it_cannot(tmp_path, capsys):
+    root = tmp_path / "data"
+    make_parts_category(root / "parts")
+    out = tmp_path / "padim"
+    fit = ["fit", "--category", "parts", "--data-root", str(root), "--out", str(out)]
+    assert main([*fit, "--model", "padim", "data.val_fraction=0.5", *FAST]) == 0
+    good = root / "parts" / "train" / "good" / "train_000.png"
+    assert main(["add", str(good), "--model", str(out), "runtime.progress=false"]) != 0
+    assert "PaDiM cannot add images" in capsys.readouterr().err

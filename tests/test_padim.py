@@ -176,3 +176,8 @@ def test_fit_from_the_cli(parts_category: Path, tmp_path: Path) -> None:
     assert isinstance(model, PaDiM)
     assert model.n_features == 16
     assert model.metadata_["evaluation"]["test"]["auroc"] is not None
+
+
+def test_padim_says_it_cannot_add_images_without_refitting():
+    with pytest.raises(NotImplementedError, match="fit it again"):
+        PaDiM(progress=False).partial_fit([np.zeros((64, 64, 3), np.uint8)])

@@ -12,7 +12,7 @@ import pytest
 from conftest import textured_part, with_defect
 
 from anomaly.bundle import load_bundle, save_bundle
-from anomaly.errors import BundleError, NotFittedError
+from anomaly.errors import BundleError, DataError, NotFittedError
 from anomaly.models import PatchCore
 
 
@@ -140,3 +140,46 @@ def test_a_failed_save_leaves_the_previous_bundle_intact(fitted, tmp_path, monke
     assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no half-written leftovers
     load_bundle(bundle)
+
+
+def test_partial_fit_adds_good_images_without_refitting(images):
+    # num_neighbors=1: image score = nearest-patch distance, which a larger bank can only lower.
+    train, good, defects, _ = images
+    model = PatchCore(image_size=64, coreset_ratio=0.25, num_neighbors=1, progress=False)
+    model.fit(train[:5]).calibrate(good + defects, [0] * len(good) + [1] * len(defects), 0.1)
+    before = model.predict(train[5:] + train[:5]).scores
+    size = model.memory_bank_.size
+    assert model.partial_fit(train[5:]) is model
+    after = model.predict(train[5:] + train[:5]).scores
+    patches = int(np.prod(model.patch_grid_))
+    assert size < model.memory_bank_.size <= size + int(np.ceil(0.25 * 5 * patches))
+    assert model.n_train_images_ == 10
+    assert np.all(after <= before + 1e-5)
+    assert after[:5].mean() < 0.9 * before[:5].mean()  # the added images now look familiar
+    # The bank grew, so the old threshold no longer holds the target miss rate.
+    assert model.threshold_ is None
+
+
+def test_partial_fit_keeps_every_patch_at_full_ratio_like_one_fit(images):
+    train = images[0]
+    whole = PatchCore(image_size=64, coreset_ratio=1.0, progress=False).fit(train)
+    grown = PatchCore(image_size=64, coreset_ratio=1.0, progress=False).fit(train[:4])
+    grown.partial_fit(train[4:])
+    assert grown.memory_bank_.size == whole.memory_bank_.size
+    np.testing.assert_allclose(
+        grown.predict(images[1]).scores, whole.predict(images[1]).scores, rtol=1e-5
+    )
+
+
+def test_partial_fit_works_on_a_loaded_bundle(fitted, images, tmp_path):
+    loaded = load_bundle(save_bundle(fitted, tmp_path / "model"))
+    size = loaded.memory_bank_.size
+    loaded.partial_fit(images[1][:2])
+    assert loaded.memory_bank_.size > size and loaded.threshold_ is None
+
+
+def test_partial_fit_refuses_an_unfitted_model_and_no_images(fitted):
+    with pytest.raises(NotFittedError):
+        PatchCore(progress=False).partial_fit([np.zeros((64, 64, 3), np.uint8)])
+    with pytest.raises(DataError, match="at least one good image"):
+        fitted.partial_fit([])

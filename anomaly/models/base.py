@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from anomaly import calibration as calibration_module
 from anomaly.backbones import FeatureExtractor, create_feature_extractor
-from anomaly.errors import DataError, NotFittedError
+from anomaly.errors import DataError, NotFittedError, UnsupportedError
 from anomaly.features import extract
 from anomaly.images import load_image
 from anomaly.maps import anomaly_map
@@ -157,6 +157,26 @@ class AnomalyModel:
             "%s fitted on %d images in %.1f s", self.model_name, len(images), self.fit_seconds_
         )
         return self
+
+    def partial_fit(self, images: Sequence[ImageInput]) -> AnomalyModel:
+        """Add good images to a fitted model without refitting, where the model can.
+
+        PatchCore can (its memory bank grows); models that keep only summary statistics of the
+        training images cannot, and say so.
+        """
+        self.check_can_add_images()
+        raise NotImplementedError  # an incremental model overrides partial_fit
+
+    #: Whether ``partial_fit`` can add good images to the fitted model.
+    incremental: ClassVar[bool] = False
+
+    def check_can_add_images(self) -> None:
+        """Raise :class:`UnsupportedError` unless ``partial_fit`` works for this model."""
+        if not self.incremental:
+            raise UnsupportedError(
+                f"{type(self).__name__} cannot add images to a fitted model: it keeps no "
+                "per-image state to extend; fit it again on all good images"
+            )
 
     def calibrate(
         self,

@@ -12,9 +12,9 @@ import torch
 
 from anomaly.coreset import StreamingCoreset
 from anomaly.errors import BundleError, DataError
-from anomaly.features import patch_features
-from anomaly.memory_bank import INDEX_TYPES, MemoryBank
-from anomaly.models.base import AnomalyModel
+from anomaly.features import extract, patch_features
+from anomaly.memory_bank import INDEX_TYPES, MemoryBank, set_num_threads
+from anomaly.models.base import AnomalyModel, ImageInput
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class PatchCore(AnomalyModel):
     model_name: ClassVar[str] = "patchcore"
     default_layers: ClassVar[tuple[int, ...]] = (2, 3)
     extra_files: ClassVar[tuple[str, ...]] = (BANK_FILE,)
+    incremental: ClassVar[bool] = True  # the memory bank grows in place (partial_fit)
 
     def __init__(
         self,
@@ -127,6 +128,39 @@ class PatchCore(AnomalyModel):
             100 * self.memory_bank_.size / max(1, self.n_train_patches_),
             self.memory_bank_.dim,
         )
+
+    def partial_fit(self, images: Sequence[ImageInput]) -> PatchCore:
+        """Add good images to the fitted memory bank without refitting; returns ``self``.
+
+        The new images' patches go through the same streaming coreset, started from the current
+        bank: ``coreset_ratio`` of them are added, chosen greedily as those farthest from
+        everything already kept. Nearest-patch distances can only fall, so the old threshold
+        would now let more defects through: the calibration is dropped, and the model must be
+        calibrated again on validation images (never on the images added here).
+        """
+        self._check_fitted()
+        images = list(images)
+        if not images:
+            raise DataError("partial_fit needs at least one good image; got none")
+        set_num_threads(self.num_threads)
+        size_before = self.memory_bank_.size
+        self._fit_begin(len(images))
+        self._coreset.prime(torch.from_numpy(self.memory_bank_.all_vectors()))
+        for batch in self._batches(images, desc=f"{self.model_name}: adding"):
+            self._fit_batch(extract(self.extractor_, batch, self.image_size))
+        self._flush()
+        self.memory_bank_.add(self._coreset.bank().numpy())
+        self.n_train_patches_ = getattr(self, "n_train_patches_", 0) + self._coreset.n_seen
+        self.n_train_images_ += len(images)
+        del self._coreset, self._pending
+        self.calibration_ = None
+        logger.info(
+            "added %d good images: memory bank %d -> %d vectors; calibrate again before use",
+            len(images),
+            size_before,
+            self.memory_bank_.size,
+        )
+        return self
 
     # ------------------------------------------------------------------ score
     def _score_batch(self, feature_maps: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
