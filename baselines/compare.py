@@ -268,6 +268,10 @@ def reuse_problem(
         return f"unusable bundle ({error})"
     if metadata.get("model") != fit_config.model:
         return f"bundle holds model {metadata.get('model')!r}"
+    added = (metadata.get("data") or {}).get("added_images")
+    if added:
+        # Its bank holds images beyond the train split, so it is not what fitting would give.
+        return f"bundle holds {len(added)} good images added after fitting (anomaly add)"
     saved = (metadata.get("data") or {}).get("split_fingerprints")
     if saved != fingerprints:
         return "bundle was fitted on a different split (fingerprints differ)"

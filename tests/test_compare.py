@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from test_baseline import SIZE, make_folder_category
 
 from anomaly.config import CompareConfig, build_config
 from anomaly.data.dataset import SPLITS
 from anomaly.evaluation import split_fingerprint
-from anomaly.pipeline import load_dataset
+from anomaly.pipeline import add_good_images, load_dataset
 from baselines.compare import (
     compare_category,
     defect_subsets,
@@ -155,6 +157,18 @@ def test_second_run_reuses_bundles_and_a_changed_key_refits(compared) -> None:
     )
     again = compare_category(_config(tmp_path, "models=[patchcore]"))
     assert again.rows[0].status == "loaded"
+
+
+def test_a_bundle_grown_with_anomaly_add_is_not_reused(compared, tmp_path) -> None:
+    runs, config, _ = compared
+    dataset = load_dataset(config)
+    fingerprints = {split: split_fingerprint(dataset.select(split)) for split in SPLITS}
+    grown = tmp_path / "patchcore"
+    shutil.copytree(runs / "runs" / "part" / "patchcore", grown)
+    extra_good = dataset.select("train", label=0)[0].path
+    add_good_images(grown, [extra_good], runtime=OmegaConf.create({"progress": False}))
+    problem = reuse_problem(grown, fit_config_for(config, "patchcore", grown), fingerprints)
+    assert problem == "bundle holds 1 good images added after fitting (anomaly add)"
 
 
 def test_defect_subsets_are_nested_and_seeded() -> None:
