@@ -83,13 +83,13 @@ def save_bundle(
             "calibration": None if calibration is None else calibration.to_dict(),
             "versions": library_versions(),
             **(extra_metadata or {}),
-            "files": {name: _sha256(staging / name) for name in files},
+            "files": {name: file_sha256(staging / name) for name in files},
         }
         metadata["checksum"] = _metadata_checksum(metadata)
         (staging / METADATA).write_text(json.dumps(metadata, indent=2, default=_json_default))
         for file in staging.iterdir():
             _fsync(file)
-        _replace_directory(staging, target)
+        replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -131,7 +131,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         file = bundle / name
         if not file.is_file():
             raise BundleError(f"{file}: missing from the bundle")
-        if _sha256(file) != digest:
+        if file_sha256(file) != digest:
             raise BundleError(f"{file}: contents changed after saving (checksum mismatch)")
         if _looks_pickled(file):
             raise BundleError(f"{file}: holds pickle data, which is never loaded")
@@ -171,7 +171,7 @@ def bundle_size_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
 
 
-def _replace_directory(staging: Path, target: Path) -> None:
+def replace_directory(staging: Path, target: Path) -> None:
     """Move ``staging`` to ``target``; an existing ``target`` is kept until the move succeeds."""
     if not target.exists():
         os.replace(staging, target)
@@ -188,7 +188,8 @@ def _replace_directory(staging: Path, target: Path) -> None:
     shutil.rmtree(previous, ignore_errors=True)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -85,9 +85,9 @@ def _score(args: argparse.Namespace) -> int:
         },
     )
     model = load_bundle(config.model)
-    model.progress = config.runtime.progress
-    model.batch_size = config.runtime.batch_size
-    model.num_threads = config.runtime.num_threads
+    model.set_runtime(
+        config.runtime.batch_size, config.runtime.num_threads, config.runtime.progress
+    )
     paths, ground_truth = list(config.paths), None
     if config.split is not None:
         paths, ground_truth = _split_files(Path(config.model), config.split)

@@ -101,10 +101,14 @@ class StreamingCoreset:
         bank = bank.float().contiguous()
         if self.ratio >= 1.0 or bank.shape[0] == 0:
             return
-        if self._projection is None:
-            self._projection = RandomProjection(bank.shape[1], self.projection_dim, self.seed)
-            self._projected_bank = faiss.IndexFlatL2(self._projection.out_dim)
+        self._start_projection(bank.shape[1])
         self._projected_bank.add(self._projection(bank).contiguous().numpy())
+
+    def _start_projection(self, dim: int) -> None:
+        """Create the seeded projection and its index on the first features seen."""
+        if self._projection is None:
+            self._projection = RandomProjection(dim, self.projection_dim, self.seed)
+            self._projected_bank = faiss.IndexFlatL2(self._projection.out_dim)
 
     def add(self, features: torch.Tensor) -> None:
         features = features.float().contiguous()
@@ -113,9 +117,7 @@ class StreamingCoreset:
         if self.ratio >= 1.0:
             self._kept.append(features.clone())
             return
-        if self._projection is None:
-            self._projection = RandomProjection(features.shape[1], self.projection_dim, self.seed)
-            self._projected_bank = faiss.IndexFlatL2(self._projection.out_dim)
+        self._start_projection(features.shape[1])
         projected = self._projection(features).contiguous()
         n_select = max(1, int(np.ceil(self.ratio * n_points)))
         if self._projected_bank.ntotal == 0:

@@ -317,13 +317,7 @@ def evaluate_bundles(
     operating_points: dict[str, tuple[float, float] | None] = {}
     files: list[str] = []
     for bundle, label in zip(bundles, labels, strict=True):
-        model = load_bundle(bundle)
-        if batch_size is not None:
-            model.batch_size = batch_size
-        if num_threads is not None:
-            model.num_threads = num_threads
-        if progress is not None:
-            model.progress = progress
+        model = load_bundle(bundle).set_runtime(batch_size, num_threads, progress)
         scored = score_split(model, samples)
         scored_fingerprint = split_fingerprint(scored.samples)
         if scored_fingerprint != fingerprint:  # a guarantee, so checked on what was scored

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import resource
 import shutil
@@ -14,7 +13,13 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly.bundle import bundle_size_bytes, load_bundle, save_bundle
+from anomaly.bundle import (
+    bundle_size_bytes,
+    file_sha256,
+    load_bundle,
+    replace_directory,
+    save_bundle,
+)
 from anomaly.config import to_yaml
 from anomaly.data import load_category
 from anomaly.data.dataset import Dataset, Sample
@@ -224,9 +229,9 @@ def add_good_images(
     config = OmegaConf.load(bundle_dir / "config.yaml")
     if runtime is not None:
         config.runtime = OmegaConf.merge(config.runtime, runtime)
-    model.progress = config.runtime.progress
-    model.batch_size = config.runtime.batch_size
-    model.num_threads = config.runtime.num_threads
+    model.set_runtime(
+        config.runtime.batch_size, config.runtime.num_threads, config.runtime.progress
+    )
     files, errors = collect_files(paths)
     skipped = [(row.file, row.error) for row in errors]
     readable: list[Path] = []
@@ -242,15 +247,18 @@ def add_good_images(
     if not readable:
         raise DataError(f"no readable good images to add under {', '.join(map(str, paths))}")
     dataset = load_dataset(config)
-    held_out = {_sha256(s.path): s.path for s in dataset.select("val") + dataset.select("test")}
-    leaked = [f"{p} (= {held_out[h]})" for p in readable if (h := _sha256(p)) in held_out]
+    held_out = {
+        file_sha256(Path(s.path)): s.path for s in dataset.select("val") + dataset.select("test")
+    }
+    digests = {path: file_sha256(path) for path in readable}
+    leaked = [f"{p} (= {held_out[h]})" for p, h in digests.items() if h in held_out]
     if leaked:
         raise DataError(
             f"{len(leaked)} image(s) to add are validation/test images of this model, which "
             f"calibrate and test it: {'; '.join(leaked[:5])}"
         )
     added = list(model.metadata_.get("data", {}).get("added_images", []))
-    added += [{"file": str(p.resolve()), "sha256": _sha256(p)} for p in readable]
+    added += [{"file": str(p.resolve()), "sha256": h} for p, h in digests.items()]
     started = time.perf_counter()
     model.partial_fit(readable)
     config.out = str(out or bundle_dir)
@@ -265,16 +273,10 @@ def add_good_images(
 
 def _keep_previous(bundle: Path) -> None:
     """Copy ``bundle`` to ``<bundle>.previous`` (replacing an older copy) before it is replaced."""
-    previous = bundle.with_name(bundle.name + ".previous")
     staging = bundle.with_name(bundle.name + ".previous.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(bundle, staging)
-    shutil.rmtree(previous, ignore_errors=True)
-    staging.rename(previous)
-
-
-def _sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    replace_directory(staging, bundle.with_name(bundle.name + ".previous"))
 
 
 def model_facts(model: AnomalyModel) -> dict[str, Any]:

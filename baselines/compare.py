@@ -316,9 +316,9 @@ def _evaluate_model(
             model = result.model
             row.status = "fitted"
             row.fit_seconds = result.summary["fit_seconds"]
-        model.progress = config.runtime.progress
-        model.batch_size = config.runtime.batch_size
-        model.num_threads = config.runtime.num_threads
+        model.set_runtime(
+            config.runtime.batch_size, config.runtime.num_threads, config.runtime.progress
+        )
         _describe(row, model, dataset)
         row.bundle_mb = round(bundle_size_bytes(bundle_dir) / 2**20, 2)
         saved = read_metadata(bundle_dir)["data"]["split_fingerprints"]

@@ -158,6 +158,21 @@ class AnomalyModel:
         )
         return self
 
+    def set_runtime(
+        self,
+        batch_size: int | None = None,
+        num_threads: int | None = None,
+        progress: bool | None = None,
+    ) -> AnomalyModel:
+        """Change how a (loaded) model runs, not what it learned; ``None`` keeps a setting."""
+        if batch_size is not None:
+            self.batch_size = batch_size
+        if num_threads is not None:
+            self.num_threads = num_threads
+        if progress is not None:
+            self.progress = progress
+        return self
+
     def partial_fit(self, images: Sequence[ImageInput]) -> AnomalyModel:
         """Add good images to a fitted model without refitting, where the model can.
 
