@@ -1,8 +1,8 @@
 """Baselines the unsupervised models are measured against.
 
 - :class:`baselines.classifier.SupervisedClassifier`: a pretrained classifier fine-tuned on
-  good/defect labels (registered as model ``"baseline"``);
-- :mod:`baselines.compare`: ``anomaly compare``, every model on the same split, one table.
+  good/defect labels. It registers itself as model ``"baseline"`` through the
+  ``anomaly.models`` entry point (``pyproject.toml``), so the library never names it.
 
 Imports are lazy so that ``import baselines`` stays cheap.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["SupervisedClassifier", "compare_category"]
+__all__ = ["SupervisedClassifier"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,8 +19,4 @@ def __getattr__(name: str) -> Any:
         from baselines.classifier import SupervisedClassifier
 
         return SupervisedClassifier
-    if name == "compare_category":
-        from baselines.compare import compare_category
-
-        return compare_category
     raise AttributeError(name)

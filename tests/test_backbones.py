@@ -8,8 +8,8 @@ import pytest
 import timm
 import torch
 
-from anomaly import backbones
-from anomaly.backbones import create_classifier, create_feature_extractor, map_in_order
+from anomaly.components import backbones
+from anomaly.components.backbones import create_classifier, create_feature_extractor, map_in_order
 from anomaly.errors import BackboneError
 
 ESPRESSO = 967  # ImageNet class index

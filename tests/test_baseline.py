@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import save_image
 
-from anomaly.bundle import load_bundle, read_metadata, save_bundle
+from anomaly.artifacts.bundle import load_bundle, read_metadata, save_bundle
 from anomaly.errors import BackboneError, DataError
 from baselines import classifier as classifier_module
 from baselines.classifier import (
@@ -287,7 +287,7 @@ def make_folder_category(root: Path, n_good: int = 25, n_defect: int = 15, seed:
 
 
 def test_cli_fit_and_score_write_heatmaps(tmp_path: Path, capsys) -> None:
-    from anomaly.cli import main
+    from anomaly.commands.cli import main
 
     make_folder_category(tmp_path / "data" / "part")
     bundle = tmp_path / "runs" / "baseline"

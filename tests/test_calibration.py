@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anomaly.calibration import (
+from anomaly.decision.calibration import (
     METHOD_FALLBACK,
     METHOD_FEW_DEFECTS,
     METHOD_MISS_RATE,

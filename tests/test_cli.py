@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import make_parts_category, save_image, textured_part
 
-from anomaly.bundle import load_bundle
-from anomaly.cli import main
+from anomaly.artifacts.bundle import load_bundle
+from anomaly.commands.cli import main
 
 FAST = ["image_size=64", "patchcore.coreset_ratio=0.25", "runtime.progress=false"]
 

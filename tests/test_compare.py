@@ -12,17 +12,18 @@ import pytest
 from omegaconf import OmegaConf
 from test_baseline import SIZE, make_folder_category
 
-from anomaly.config import CompareConfig, build_config
-from anomaly.data.dataset import SPLITS
-from anomaly.evaluation import split_fingerprint
-from anomaly.pipeline import add_good_images, load_dataset
-from baselines.compare import (
+from anomaly.commands.compare import (
     compare_category,
     defect_subsets,
     fit_config_for,
     format_table,
     reuse_problem,
 )
+from anomaly.commands.fit import add_good_images
+from anomaly.config import CompareConfig, build_config
+from anomaly.data import load_dataset
+from anomaly.data.dataset import SPLITS
+from anomaly.evaluation.split import split_fingerprint
 
 #: Small and fast settings for every model.
 FAST = [
@@ -188,8 +189,8 @@ def test_table_shows_missing_values_as_dashes() -> None:
 def test_accuracy_threshold_is_chosen_on_validation_not_test() -> None:
     from types import SimpleNamespace
 
-    from anomaly.calibration import Calibration
-    from baselines.compare import accuracy_at_validation_best
+    from anomaly.commands.compare import accuracy_at_validation_best
+    from anomaly.decision.calibration import Calibration
 
     calibration = Calibration(
         threshold=0.5, pixel_threshold=0.5, method="miss_rate", target_miss_rate=0.05,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from anomaly.coreset import StreamingCoreset, coreset_indices, greedy_kcenter
+from anomaly.components.coreset import StreamingCoreset, coreset_indices, greedy_kcenter
 
 
 def _clusters(centres: np.ndarray, per_cluster: int, seed: int = 0) -> torch.Tensor:

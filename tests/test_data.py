@@ -19,8 +19,8 @@ from anomaly.data import (
     load_directory,
     registry,
 )
-from anomaly.data import elpv as elpv_module
-from anomaly.data.elpv import elpv_data_dir, load_elpv
+from anomaly.data.builtin import elpv as elpv_module
+from anomaly.data.builtin.elpv import elpv_data_dir, load_elpv
 from anomaly.data.layouts import detect_layout, load_folder, load_mvtec
 from anomaly.data.splits import split_counts, stratified_split
 from anomaly.errors import ConfigError, DataError

@@ -11,16 +11,17 @@ import pytest
 from conftest import make_parts_category, save_image, textured_part
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from anomaly.cli import main
+from anomaly.commands.cli import main
+from anomaly.commands.fit import fit_category
 from anomaly.config import FitConfig, build_config
+from anomaly.data import load_dataset
 from anomaly.data.dataset import Sample
-from anomaly.evaluation import (
+from anomaly.evaluation.split import (
     evaluate_bundles,
     score_split,
     split_fingerprint,
     split_metrics,
 )
-from anomaly.pipeline import fit_category, load_dataset
 
 SIZE = 64
 

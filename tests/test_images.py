@@ -1,4 +1,4 @@
-"""anomaly.images: one output format for every input, precise errors, deterministic walks."""
+"""anomaly.io.images: one output format for every input, precise errors, deterministic walks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import save_image
 from PIL import Image
 
 from anomaly.errors import DataError, ImageReadError, NoImagesError
-from anomaly.images import IMAGE_EXTENSIONS, find_images, load_image, load_mask
+from anomaly.io.images import IMAGE_EXTENSIONS, find_images, load_image, load_mask
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (12, 17, 3), dtype=np.uint8)

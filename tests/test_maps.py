@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anomaly.maps import anomaly_map
+from anomaly.components.maps import anomaly_map
 
 
 @pytest.mark.parametrize("shape", [(37, 91), (256, 256), (600, 400)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anomaly.memory_bank import MemoryBank
+from anomaly.components.memory_bank import MemoryBank
 
 
 def test_flat_search_equals_brute_force():

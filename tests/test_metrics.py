@@ -1,4 +1,4 @@
-"""Tests of anomaly.metrics and anomaly.plots: agreement with sklearn and brute force."""
+"""anomaly.evaluation.metrics and .plots: agreement with sklearn and brute force."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from skimage.measure import label as cc_label
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from anomaly import plots
-from anomaly.metrics import (
+from anomaly.evaluation import plots
+from anomaly.evaluation.metrics import (
     accuracy_max,
     aupro,
     average_precision,

@@ -11,10 +11,10 @@ import torch
 from conftest import textured_part, with_defect
 from sklearn.metrics import roc_auc_score
 
-from anomaly.bundle import load_bundle, save_bundle
+from anomaly.artifacts.bundle import load_bundle, save_bundle
+from anomaly.components.features import extract, stack_features
 from anomaly.config import PadimConfig
 from anomaly.errors import DataError
-from anomaly.features import extract, stack_features
 from anomaly.models import model_class
 from anomaly.models.padim import PaDiM, padim_memory_bytes
 
@@ -102,7 +102,7 @@ def test_bundle_round_trip_gives_identical_scores(tmp_path: Path) -> None:
     for a, b in zip(after.anomaly_maps, before.anomaly_maps, strict=True):
         np.testing.assert_array_equal(a, b)
     assert loaded.threshold_ == model.threshold_
-    assert loaded.state_nbytes() == model.state_nbytes()
+    assert loaded.memory_bytes() == model.memory_bytes()
 
 
 def test_memory_budget_error_names_the_values() -> None:
@@ -150,7 +150,7 @@ def test_separates_obvious_defects_with_real_weights() -> None:
 
 
 def test_fit_from_the_cli(parts_category: Path, tmp_path: Path) -> None:
-    from anomaly.cli import main
+    from anomaly.commands.cli import main
 
     out = tmp_path / "bundle"
     code = main(

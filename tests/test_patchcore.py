@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import textured_part, with_defect
 
-from anomaly.bundle import load_bundle, save_bundle
+from anomaly.artifacts.bundle import load_bundle, save_bundle
 from anomaly.errors import BundleError, DataError, NotFittedError
 from anomaly.models import PatchCore
 

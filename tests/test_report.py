@@ -1,7 +1,7 @@
 """Tests of the HTML QA report (``anomaly.report.write_report``).
 
 A fake score run directory is built in ``tmp_path``: a few images written with cv2, heatmaps made
-with :func:`anomaly.heatmap.overlay`, a ``scores.csv`` with OK, NG and ERROR rows, and a
+with :func:`anomaly.artifacts.heatmap.overlay`, a ``scores.csv`` with OK, NG and ERROR rows, and a
 ``run.json`` with the calibration fields. The page is checked statically with Python's
 ``html.parser`` and, where ``chromium`` is installed, rendered headless.
 """
@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import pytest
 
+from anomaly.artifacts.heatmap import overlay
 from anomaly.errors import ConfigError, DataError
-from anomaly.heatmap import overlay
 from anomaly.report import write_report
 
 THRESHOLD = 2.0
@@ -141,7 +141,7 @@ def make_run(root: Path) -> tuple[Path, list[dict[str, str]]]:
             "target_miss_rate": 0.05,
             "target_supported": True,
             "confidence": 0.95,
-            "validation": {  # keys as anomaly.calibration writes them
+            "validation": {  # keys as anomaly.decision.calibration writes them
                 "n_good": 40,
                 "n_defect": 30,
                 "misses": 1,

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anomaly.data import sealant
-from anomaly.data.layouts import load_mvtec
-from anomaly.data.sealant import (
+from anomaly.data.builtin import sealant
+from anomaly.data.builtin.sealant import (
     DEFECT_TYPES,
     SEALANT_VERSION,
     SealantCounts,
@@ -20,8 +19,9 @@ from anomaly.data.sealant import (
     load_sealant,
     render_part,
 )
+from anomaly.data.layouts import load_mvtec
 from anomaly.errors import DataError
-from anomaly.images import load_image, load_mask
+from anomaly.io.images import load_image, load_mask
 
 # One defect image per type and split, a few good ones: every code path, in about a second.
 SMALL = SealantCounts(

@@ -2,7 +2,7 @@
 
 from anomaly.data.dataset import Dataset, Sample
 from anomaly.data.layouts import load_directory
-from anomaly.data.registry import default_data_dir, list_categories, load_category
+from anomaly.data.registry import default_data_dir, list_categories, load_category, load_dataset
 
 __all__ = [
     "Dataset",
@@ -10,5 +10,6 @@ __all__ = [
     "default_data_dir",
     "list_categories",
     "load_category",
+    "load_dataset",
     "load_directory",
 ]

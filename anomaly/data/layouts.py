@@ -33,7 +33,7 @@ from typing import Any
 from anomaly.data.dataset import GOOD, Dataset, Sample
 from anomaly.data.splits import check_fraction, stratified_split, train_val_test_fractions
 from anomaly.errors import DataError
-from anomaly.images import list_images
+from anomaly.io.images import list_images
 
 logger = logging.getLogger(__name__)
 

@@ -72,13 +72,13 @@ BUILTIN_CATEGORIES: dict[str, BuiltinCategory] = {
             name="elpv",
             description="ELPV solar cells (electroluminescence), 1,508 good / 715 defect, "
             "stratified by cell type",
-            loader="anomaly.data.elpv:load_elpv",
+            loader="anomaly.data.builtin.elpv:load_elpv",
             layout="elpv",
         ),
         BuiltinCategory(
             name="sealant",
             description="procedurally generated sealant images (MVTec AD layout, pixel masks)",
-            loader="anomaly.data.sealant:load_sealant",
+            loader="anomaly.data.builtin.sealant:load_sealant",
             layout="mvtec",
         ),
     )
@@ -169,6 +169,21 @@ def load_category(
         found = _root_categories(root_path)
         where = f"found in {root_path}: {', '.join(found) if found else 'no category folders'}"
     raise DataError(f"unknown category {category!r}: built-in categories are {builtins}; {where}")
+
+
+def load_dataset(config: Any) -> Dataset:
+    """The dataset a resolved config's ``data`` section describes (a fit config or a bundle's
+    ``config.yaml``)."""
+    data = config.data
+    return load_category(
+        data.category,
+        data.root,
+        data_dir=data.cache_dir,
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+        seed=data.seed,
+        include_uncertain=data.include_uncertain,
+    )
 
 
 def list_categories(root: str | Path | None = None) -> list[dict[str, str]]:

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from anomaly import calibration as calibration_module
-from anomaly.backbones import FeatureExtractor, create_feature_extractor
+from anomaly.components.backbones import FeatureExtractor, create_feature_extractor
+from anomaly.components.features import extract
+from anomaly.components.maps import anomaly_map
+from anomaly.components.memory_bank import set_num_threads
+from anomaly.decision import calibration as calibration_module
 from anomaly.errors import DataError, NotFittedError, UnsupportedError
-from anomaly.features import extract
-from anomaly.images import load_image
-from anomaly.maps import anomaly_map
-from anomaly.memory_bank import set_num_threads
+from anomaly.io.images import load_image
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,8 @@ class AnomalyModel:
     ) -> AnomalyModel:
         """Set the decision threshold on labelled validation images (1 = defect, 0 = good).
 
-        These images must not have been used by ``fit``. See :func:`anomaly.calibration.calibrate`
+        These images must not have been used by ``fit``. See
+        :func:`anomaly.decision.calibration.calibrate`
         for the rule and for what happens when there are too few defects.
         """
         labels_array = np.asarray(labels, dtype=int)
@@ -277,6 +278,49 @@ class AnomalyModel:
             for grid, image in zip(patch_grids, images, strict=True)
         ]
         return scores, maps
+
+    # ------------------------------------------------------------------ self-description
+    def memory_bytes(self) -> int:
+        """Bytes of the learned state in memory (backbone weights excluded).
+
+        Default: the arrays the bundle saves. A model that holds more (a faiss index) or holds
+        its arrays differently overrides this.
+        """
+        return sum(int(np.asarray(v).nbytes) for v in self.state_tensors().values())
+
+    def external_weights_bytes(self) -> int:
+        """Bytes of frozen weights the model loads from elsewhere (not stored in its bundle)."""
+        tensors = [*self.extractor_.parameters(), *self.extractor_.buffers()]
+        return int(sum(t.numel() * t.element_size() for t in tensors))
+
+    def initialisation(self) -> str:
+        """Where the model's network weights come from, in words."""
+        source = getattr(self.extractor_, "weights_source", "")
+        if source == "random":
+            text = "random weights"
+        elif source.startswith(("package:", "timm:")):
+            text = f"ImageNet ({source})"
+        else:
+            text = source
+        return f"{self.backbone}, frozen, {text}"
+
+    def describe(self) -> dict[str, Any]:
+        """What a summary or a comparison reports about the fitted model (JSON-able).
+
+        Keys every model gives: ``initialisation``, ``n_train_good``, ``n_train_defects``
+        (labelled defects learned from; 0 for unsupervised models), ``fit_cpu_seconds``
+        (``None`` when not measured), ``model_memory_mb`` and ``external_weights_mb``. A model
+        adds its own facts (PatchCore: ``memory_bank_size``, ``feature_dim``) by overriding.
+        """
+        self._check_fitted()
+        return {
+            "initialisation": self.initialisation(),
+            "n_train_good": int(self.n_train_images_),
+            "n_train_defects": 0,
+            "fit_cpu_seconds": None,
+            "model_memory_mb": round(self.memory_bytes() / 2**20, 2),
+            "external_weights_mb": round(self.external_weights_bytes() / 2**20, 2),
+        }
 
     # ------------------------------------------------------------------ hooks
     def _check_params(self) -> None:
@@ -352,5 +396,7 @@ def _as_array(image: ImageInput) -> np.ndarray:
     elif array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     if array.dtype != np.uint8:
-        raise DataError(f"image array of dtype {array.dtype}: expected uint8 (use anomaly.images)")
+        raise DataError(
+            f"image array of dtype {array.dtype}: expected uint8 (use anomaly.io.images)"
+        )
     return np.ascontiguousarray(array)

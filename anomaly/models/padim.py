@@ -25,8 +25,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from anomaly.components.features import preprocess, stack_features
 from anomaly.errors import BundleError, DataError
-from anomaly.features import preprocess, stack_features
 from anomaly.models.base import AnomalyModel
 
 logger = logging.getLogger(__name__)
@@ -248,10 +248,10 @@ class PaDiM(AnomalyModel):
             "padim model: %d positions x %d dims, %.1f MiB of float32 arrays",
             positions,
             dims,
-            self.state_nbytes() / 2**20,
+            self.memory_bytes() / 2**20,
         )
 
-    def state_nbytes(self) -> int:
+    def memory_bytes(self) -> int:
         """Bytes of the learned arrays (what the model holds in memory beyond the backbone)."""
         return int(self.mean_.nbytes + self.inv_cholesky_.nbytes + self.channels_.nbytes)
 

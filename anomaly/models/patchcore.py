@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from anomaly.coreset import StreamingCoreset
+from anomaly.components.coreset import StreamingCoreset
+from anomaly.components.features import extract, patch_features
+from anomaly.components.memory_bank import INDEX_TYPES, MemoryBank, set_num_threads
 from anomaly.errors import BundleError, DataError
-from anomaly.features import extract, patch_features
-from anomaly.memory_bank import INDEX_TYPES, MemoryBank, set_num_threads
 from anomaly.models.base import AnomalyModel, ImageInput
 
 logger = logging.getLogger(__name__)
@@ -128,6 +128,17 @@ class PatchCore(AnomalyModel):
             100 * self.memory_bank_.size / max(1, self.n_train_patches_),
             self.memory_bank_.dim,
         )
+
+    def memory_bytes(self) -> int:
+        """The saved arrays plus the faiss index (its serialised size)."""
+        return super().memory_bytes() + self.memory_bank_.nbytes()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "memory_bank_size": self.memory_bank_.size,
+            "feature_dim": self.memory_bank_.dim,
+        }
 
     def partial_fit(self, images: Sequence[ImageInput]) -> PatchCore:
         """Add good images to the fitted memory bank without refitting; returns ``self``.

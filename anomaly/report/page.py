@@ -17,7 +17,7 @@ from pathlib import PurePath
 from urllib.parse import quote
 
 from anomaly import __version__
-from anomaly.heatmap import CONTOUR_LEVEL, SCALE_MAX
+from anomaly.artifacts.heatmap import CONTOUR_LEVEL, SCALE_MAX
 from anomaly.report.assets import CSS, SCRIPT
 from anomaly.report.images import PartImages, Picture
 from anomaly.report.rundata import Part, RunData, as_float
@@ -153,7 +153,7 @@ def _summary(run: RunData) -> str:
             if n_events is not None and n_trials is not None
             else ""
         )
-        # "<rate>_upper" is what anomaly.calibration writes; "<rate>_upper_95" the older
+        # "<rate>_upper" is what anomaly.decision.calibration writes; "<rate>_upper_95" the older
         # spelling in docs/architecture.md. Either is read.
         upper = validation.get(f"{rate}_upper", validation.get(f"{rate}_upper_95"))
         return f"{_pct(validation.get(rate))}{counted}; {confidence:.0%} upper bound {_pct(upper)}"

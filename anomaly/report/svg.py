@@ -15,7 +15,7 @@ from html import escape
 
 import numpy as np
 
-from anomaly.heatmap import CONTOUR_LEVEL, SCALE_MAX, colorbar
+from anomaly.artifacts.heatmap import CONTOUR_LEVEL, SCALE_MAX, colorbar
 
 # Colour-blind-safe pair (Okabe-Ito blue / orange) for the validation sets; this run is grey so
 # it reads as "the thing being judged" against the two reference distributions.
@@ -212,7 +212,8 @@ def histogram_svg(
 def colorbar_svg(scale_max: float = SCALE_MAX, width: int = 420, height: int = 64) -> str:
     """Horizontal colour bar of the fixed heatmap scale, 0 to ``scale_max``, with ticks.
 
-    The colours are sampled from :func:`anomaly.heatmap.colorbar`, so the bar is exactly the
+    The colours are sampled from :func:`anomaly.artifacts.heatmap.colorbar`, so the bar is exactly
+    the
     map the overlays use; a gradient of 64 stops is indistinguishable from the colour map.
     """
     samples = colorbar(height=64, width=1, scale_max=scale_max)[::-1, 0, :]  # 0 first

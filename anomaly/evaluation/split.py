@@ -26,10 +26,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from anomaly import metrics
 from anomaly.data.dataset import Sample
 from anomaly.errors import AnomalyError, DataError
-from anomaly.images import load_image, load_mask
+from anomaly.evaluation import metrics
+from anomaly.io.images import load_image, load_mask
 from anomaly.models.base import AnomalyModel
 
 logger = logging.getLogger(__name__)
@@ -210,26 +210,6 @@ def per_defect_type(
     return result
 
 
-def model_memory_bytes(model: AnomalyModel) -> int:
-    """Bytes of a fitted model's learned state in memory (backbone weights excluded).
-
-    The model's own ``state_nbytes()`` when it has one (PaDiM holds its factors unpacked),
-    else the sum of the arrays it saves; plus its faiss index (serialised size) if it has one.
-    """
-    own = getattr(model, "state_nbytes", None)
-    total = (
-        int(own())
-        if callable(own)
-        else sum(int(np.asarray(v).nbytes) for v in model.state_tensors().values())
-    )
-    bank = getattr(model, "memory_bank_", None)
-    if bank is not None and getattr(bank, "index_", None) is not None:
-        import faiss
-
-        total += int(faiss.serialize_index(bank.index_).nbytes)
-    return total
-
-
 # --------------------------------------------------------------------------------------------
 # anomaly evaluate
 # --------------------------------------------------------------------------------------------
@@ -275,7 +255,7 @@ def evaluate_bundles(
     ``out`` (default ``runs/evaluate-<time>``). ``batch_size``, ``num_threads`` and
     ``progress`` override the bundles' own values when given.
     """
-    from anomaly.bundle import bundle_size_bytes, load_bundle, read_metadata
+    from anomaly.artifacts.bundle import bundle_size_bytes, load_bundle, read_metadata
 
     if not bundle_dirs:
         raise DataError("evaluate needs at least one model bundle (--model DIR)")
@@ -336,7 +316,7 @@ def evaluate_bundles(
             "per_defect_type": per_defect_type(scored, threshold, confidence),
             "model_ms_per_image": round(scored.model_ms_per_image, 2),
             "bundle_bytes": bundle_size_bytes(bundle),
-            "memory_bytes": model_memory_bytes(model),
+            "memory_bytes": model.memory_bytes(),
             "mask_errors": scored.mask_errors,
         }
         row.pop("per_defect_type_auroc")  # per_defect_type holds it, with the miss rates
@@ -359,7 +339,7 @@ def evaluate_bundles(
     if len({row["fingerprint"] for row in rows}) != 1:
         raise DataError("models were scored on different images; this is a bug, please report")
     if plots:
-        from anomaly.plots import roc_plot
+        from anomaly.evaluation.plots import roc_plot
 
         roc = roc_plot(
             curves,
@@ -375,7 +355,7 @@ def evaluate_bundles(
         out_dir=out_dir,
         files=[JSON_FILE, TEXT_FILE, *files],
     )
-    from anomaly.scoring import write_text_atomic
+    from anomaly.commands.score import write_text_atomic
 
     text = json.dumps(evaluation.to_dict(), indent=2, default=_jsonable)
     write_text_atomic(out_dir / JSON_FILE, text)
@@ -419,7 +399,7 @@ def _evaluation_config(bundle: Path, category: str | None, data_root: str | Path
 
 
 def _load_split(config: Any, split: str) -> list[Sample]:
-    from anomaly.pipeline import load_dataset
+    from anomaly.data import load_dataset
 
     samples = load_dataset(config).select(split)
     if not samples:
@@ -463,7 +443,7 @@ def _split_notes(
 
 def _images_seen_in_fit(bundle: Path, samples: list[Sample]) -> int:
     """How many of ``samples`` the bundle's own dataset put in train or val (0 if unknown)."""
-    from anomaly.pipeline import load_dataset
+    from anomaly.data import load_dataset
 
     try:
         config = _bundle_config(bundle)
@@ -508,7 +488,7 @@ def _write_scores_csv(out_dir: Path, label: str, scored: SplitScores) -> str:
     import csv
     import io
 
-    from anomaly.scoring import write_text_atomic
+    from anomaly.commands.score import write_text_atomic
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -523,7 +503,7 @@ def _write_scores_csv(out_dir: Path, label: str, scored: SplitScores) -> str:
 def _model_plots(
     out_dir: Path, label: str, scored: SplitScores, threshold: float | None, row: dict[str, Any]
 ) -> list[str]:
-    from anomaly.plots import confusion_plot, score_histogram
+    from anomaly.evaluation.plots import confusion_plot, score_histogram
 
     stem = _safe_name(label)
     written = [

@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from anomaly.metrics import OperatingPoint, missing_class_reason
+from anomaly.evaluation.metrics import OperatingPoint, missing_class_reason
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,8 @@ def confusion_plot(
 ) -> Path:
     """2x2 confusion matrix (rows: actual good/defect; columns: verdict OK/NG) as a PNG.
 
-    ``op`` is an :class:`~anomaly.metrics.OperatingPoint`, its ``to_dict()``, or any mapping
+    ``op`` is an :class:`~anomaly.evaluation.metrics.OperatingPoint`, its ``to_dict()``, or any
+    mapping
     with ``tp``, ``fn``, ``fp``, ``tn`` (directly or under ``"confusion"``). Each cell shows the
     count and its share of the row (so the off-diagonal cells read as miss and false-alarm rate).
     """

@@ -6,31 +6,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
+from anomaly.decision.statistics import clopper_pearson, upper_bound
+from anomaly.decision.verdict import is_anomalous
 from anomaly.errors import ConfigError, DataError
 
-
-def clopper_pearson(events: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact two-sided Clopper-Pearson interval for a binomial proportion ``events / trials``.
-
-    Returns ``(low, high)``; ``(0.0, 1.0)`` when ``trials`` is 0 (nothing is known).
-    """
-    if trials == 0:
-        return 0.0, 1.0
-    tail = (1.0 - confidence) / 2.0
-    low = 0.0 if events == 0 else float(stats.beta.ppf(tail, events, trials - events + 1))
-    high = 1.0 if events == trials else float(stats.beta.ppf(1 - tail, events + 1, trials - events))
-    return low, high
-
-
-def upper_bound(events: int, trials: int, confidence: float = 0.95) -> float:
-    """One-sided Clopper-Pearson upper bound: the rate is below it with ``confidence``."""
-    if trials == 0:
-        return 1.0
-    if events == trials:
-        return 1.0
-    return float(stats.beta.ppf(confidence, events + 1, trials - events))
+__all__ = ["Calibration", "calibrate", "clopper_pearson", "required_defects", "upper_bound"]
 
 
 METHOD_MISS_RATE = "miss_rate"
@@ -169,9 +150,8 @@ def calibrate(
         )
     if pixel_threshold <= 0:
         pixel_threshold = float(np.finfo(np.float32).eps)
-
-    misses = int((defect < threshold).sum())
-    false_alarms = int((good >= threshold).sum())
+    misses = int((~is_anomalous(defect, threshold)).sum())
+    false_alarms = int(is_anomalous(good, threshold).sum())
     validation = {
         "n_good": int(good.size),
         "n_defect": int(defect.size),

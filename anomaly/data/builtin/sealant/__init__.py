@@ -825,7 +825,7 @@ def _run_chunk(root: str, size: int, jobs: list[_Job]) -> int:
 
 def _version_record(seed: int, size: int, counts: SealantCounts) -> dict[str, Any]:
     return {
-        "generator": "anomaly.data.sealant",
+        "generator": "anomaly.data.builtin.sealant",
         "version": SEALANT_VERSION,
         "seed": seed,
         "size": size,

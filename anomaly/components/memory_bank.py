@@ -46,6 +46,10 @@ class MemoryBank:
         self.hnsw_neighbors = hnsw_neighbors
         self.index_: faiss.Index | None = None
 
+    def nbytes(self) -> int:
+        """Size of the index in memory (its serialised size); 0 before ``fit``."""
+        return 0 if self.index_ is None else int(faiss.serialize_index(self.index_).nbytes)
+
     def fit(self, vectors: np.ndarray) -> MemoryBank:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         dim = vectors.shape[1]

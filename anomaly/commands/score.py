@@ -24,10 +24,10 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from anomaly.artifacts.heatmap import SCALE_MAX, overlay
 from anomaly.data.dataset import Sample
 from anomaly.errors import AnomalyError, ImageReadError
-from anomaly.heatmap import SCALE_MAX, overlay
-from anomaly.images import find_images, load_image
+from anomaly.io.images import find_images, load_image
 from anomaly.models.base import AnomalyModel
 
 logger = logging.getLogger(__name__)

@@ -38,7 +38,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from anomaly.calibration import clopper_pearson, upper_bound
+from anomaly.decision.statistics import clopper_pearson, upper_bound
+from anomaly.decision.verdict import is_anomalous
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ def operating_point(
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     y, s = _labels_scores(labels, scores)
-    rejected = s >= threshold
+    rejected = is_anomalous(s, threshold)
     tp = int((rejected & (y == 1)).sum())
     fn = int((~rejected & (y == 1)).sum())
     fp = int((rejected & (y == 0)).sum())

@@ -2,7 +2,8 @@
 
 Every model is fitted (or its bundle reused) on the same train/val/test split of one category,
 calibrated by the same rule on the same validation images, and scored on the same test images;
-the split fingerprints prove it (:func:`anomaly.evaluation.split_fingerprint`). The table shows
+the split fingerprints prove it (:func:`~anomaly.evaluation.split.split_fingerprint`).
+The table shows
 what a line cares about (misses and false alarms at the calibrated threshold, false alarms at
 fixed miss rates), what each model costs (fit time, ms/image, size) and what it needs: how many
 labelled defects went into training (none for the unsupervised models).
@@ -29,15 +30,16 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly import metrics
-from anomaly.bundle import bundle_size_bytes, load_bundle, read_metadata
+from anomaly.artifacts.bundle import bundle_size_bytes, load_bundle, read_metadata
+from anomaly.commands.fit import build_model, fit_category
 from anomaly.config import FitConfig, to_yaml
+from anomaly.data import load_dataset
 from anomaly.data.dataset import SPLITS, Dataset, Sample
 from anomaly.errors import AnomalyError, DataError
-from anomaly.evaluation import score_split, split_fingerprint, split_metrics
+from anomaly.evaluation import metrics
+from anomaly.evaluation.plots import roc_plot
+from anomaly.evaluation.split import score_split, split_fingerprint, split_metrics
 from anomaly.models.base import AnomalyModel
-from anomaly.pipeline import build_model, fit_category, load_dataset
-from anomaly.plots import roc_plot
 
 logger = logging.getLogger(__name__)
 

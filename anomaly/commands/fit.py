@@ -13,22 +13,26 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly.bundle import (
+from anomaly.artifacts.bundle import (
     bundle_size_bytes,
     file_sha256,
     load_bundle,
     replace_directory,
     save_bundle,
 )
+from anomaly.commands.score import collect_files
 from anomaly.config import to_yaml
-from anomaly.data import load_category
+from anomaly.data import load_dataset
 from anomaly.data.dataset import Dataset, Sample
 from anomaly.errors import AnomalyError, DataError
-from anomaly.evaluation import model_memory_bytes, score_split, split_fingerprint, split_metrics
-from anomaly.images import load_image
+from anomaly.evaluation.split import (
+    score_split,
+    split_fingerprint,
+    split_metrics,
+)
+from anomaly.io.images import load_image
 from anomaly.models import model_class
 from anomaly.models.base import AnomalyModel
-from anomaly.scoring import collect_files
 
 logger = logging.getLogger(__name__)
 
@@ -48,19 +52,6 @@ def build_model(config: DictConfig) -> AnomalyModel:
         seed=config.runtime.seed,
         progress=config.runtime.progress,
         **specific,
-    )
-
-
-def load_dataset(config: DictConfig) -> Dataset:
-    data = config.data
-    return load_category(
-        data.category,
-        data.root,
-        data_dir=data.cache_dir,
-        val_fraction=data.val_fraction,
-        test_fraction=data.test_fraction,
-        seed=data.seed,
-        include_uncertain=data.include_uncertain,
     )
 
 
@@ -85,14 +76,14 @@ class FitResult:
         """A short human summary of the fit."""
         s = self.summary
         cal = self.model.calibration_
-        kind = "labelled" if "n_train_defects" in s else "good"
+        kind = "labelled" if self.model.supervised else "good"
         lines = [
             f"{s['model']} on {s['category']}: {s['n_train_images']} {kind} training images, "
             f"fit {s['fit_seconds']:.1f} s",
         ]
         if "memory_bank_size" in s:
             lines.append(f"memory bank: {s['memory_bank_size']} patches of {s['feature_dim']} dims")
-        if "initialisation" in s:
+        if "best_epoch" in s:
             lines.append(
                 f"initialisation: {s['initialisation']}; {s['n_train_defects']} labelled "
                 f"train defects; best epoch {s['best_epoch']} of {s['epochs_run']}"
@@ -203,7 +194,7 @@ def _calibrate_test_save(
         "fit_seconds": round(fit_seconds, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "test": test_metrics,
-        **model_facts(model),
+        **model.describe(),
     }
     bundle = save_bundle(model, out, to_yaml(config), {"data": data_info, "evaluation": summary})
     summary["bundle_mb"] = round(bundle_size_bytes(bundle) / 2**20, 2)
@@ -277,17 +268,3 @@ def _keep_previous(bundle: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(bundle, staging)
     replace_directory(staging, bundle.with_name(bundle.name + ".previous"))
-
-
-def model_facts(model: AnomalyModel) -> dict[str, Any]:
-    """Size facts a summary reports (memory bank for PatchCore, etc.)."""
-    facts: dict[str, Any] = {"model_memory_mb": round(model_memory_bytes(model) / 2**20, 2)}
-    bank = getattr(model, "memory_bank_", None)
-    if bank is not None:
-        facts["memory_bank_size"] = bank.size
-        facts["feature_dim"] = bank.dim
-    # Models may state more (the baseline: its initialisation and labelled defects used).
-    summary_facts = getattr(model, "summary_facts", None)
-    if callable(summary_facts):
-        facts.update(summary_facts())
-    return facts

@@ -30,10 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from safetensors.numpy import load_file, save_file
 
 from anomaly import __version__
-from anomaly.calibration import Calibration
+from anomaly.decision.calibration import Calibration
 from anomaly.errors import BundleError
 from anomaly.models import model_class, model_names
 from anomaly.models.base import AnomalyModel
@@ -136,6 +139,23 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         if _looks_pickled(file):
             raise BundleError(f"{file}: holds pickle data, which is never loaded")
     return metadata
+
+
+def read_config(path: str | Path) -> DictConfig:
+    """The resolved configuration a bundle was saved with (its ``config.yaml``).
+
+    Raises :class:`BundleError` naming the file when it is missing or not valid YAML.
+    """
+    config_path = Path(path) / CONFIG
+    if not config_path.is_file():
+        raise BundleError(f"{config_path}: missing; {Path(path)} is not a model bundle")
+    try:
+        config = OmegaConf.load(config_path)
+    except (OSError, OmegaConfBaseException, yaml.YAMLError) as error:
+        raise BundleError(f"{config_path}: cannot read the bundle's config ({error})") from error
+    if not isinstance(config, DictConfig):
+        raise BundleError(f"{config_path}: not a mapping of config keys")
+    return config
 
 
 def load_bundle(path: str | Path) -> AnomalyModel:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomaly.backbones import FeatureExtractor
+from anomaly.components.backbones import FeatureExtractor
 
 
 def preprocess(

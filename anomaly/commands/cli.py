@@ -47,8 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from anomaly.commands.fit import fit_category
     from anomaly.config import FitConfig, build_config
-    from anomaly.pipeline import fit_category
 
     config = build_config(
         FitConfig,
@@ -67,9 +67,9 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from anomaly.bundle import load_bundle
+    from anomaly.artifacts.bundle import load_bundle
+    from anomaly.commands.score import score_paths
     from anomaly.config import ScoreConfig, build_config
-    from anomaly.scoring import score_paths
 
     config = build_config(
         ScoreConfig,
@@ -114,8 +114,8 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
+    from anomaly.commands.fit import add_good_images
     from anomaly.config import AddConfig, build_config
-    from anomaly.pipeline import add_good_images
 
     config = build_config(
         AddConfig,
@@ -135,7 +135,7 @@ def _add(args: argparse.Namespace) -> int:
 def _split_files(bundle_dir: Path, split: str):
     from omegaconf import OmegaConf
 
-    from anomaly.pipeline import load_dataset
+    from anomaly.data import load_dataset
 
     config = OmegaConf.load(bundle_dir / "config.yaml")
     dataset = load_dataset(config)
@@ -145,7 +145,7 @@ def _split_files(bundle_dir: Path, split: str):
 
 def _evaluate(args: argparse.Namespace) -> int:
     from anomaly.config import EvaluateConfig, build_config
-    from anomaly.evaluation import evaluate_bundles
+    from anomaly.evaluation.split import evaluate_bundles
 
     config = build_config(
         EvaluateConfig,
@@ -196,8 +196,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from anomaly.commands.compare import compare_category
     from anomaly.config import CompareConfig, build_config
-    from baselines.compare import compare_category
 
     models = None if args.models is None else [m.strip() for m in args.models.split(",") if m]
     config = build_config(

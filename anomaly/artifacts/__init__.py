@@ -1,0 +1,1 @@
+"""What the library leaves on disk: model bundles, scoring run directories, heatmap pictures."""

@@ -1,0 +1,127 @@
+"""The one atomic writer: text, bytes and PNG files, and whole directories.
+
+A file is written to a hidden temporary sibling, flushed to disk and renamed over its target,
+so a reader (a report, a QA tool, the next run) sees the previous file or the finished one,
+never half of one. ``tempfile`` creates files 0600 and directories 0700; every file and folder
+written here is given the mode any other file of the user gets (``0666``/``0777`` less the
+umask), so on a shared line PC the QA team can open what the scorer wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux ``/proc``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _umask_lock:  # elsewhere the only way to read it is to set it and put it back
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Mode of a newly written file: what ``open(path, "w")`` would give."""
+    return 0o666 & ~current_umask()
+
+
+def directory_mode() -> int:
+    """Mode of a newly made directory: what ``mkdir`` would give."""
+    return 0o777 & ~current_umask()
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary sibling, fsync and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, file_mode())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an RGB (or grayscale) ``uint8`` image; 16-bit grayscale is kept."""
+    array = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise OSError(f"PNG encoding failed for an image of shape {rgb.shape}")
+    return encoded.tobytes()
+
+
+def write_png_atomic(path: str | Path, rgb: np.ndarray) -> Path:
+    """Write an RGB (or grayscale) image as PNG atomically."""
+    return write_bytes_atomic(path, encode_png(rgb))
+
+
+def make_staging_dir(target: str | Path) -> Path:
+    """An empty hidden directory beside ``target`` to build its replacement in.
+
+    It gets the usual directory mode (not ``mkdtemp``'s 0700), so the directory that
+    :func:`replace_directory` moves into place is readable like any other.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(staging, directory_mode())
+    return staging
+
+
+def replace_directory(staging: Path, target: Path) -> None:
+    """Move ``staging`` to ``target``; an existing ``target`` is kept until the move succeeds."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    if not target.is_dir():
+        raise NotADirectoryError(f"{target}: exists and is not a directory; not overwriting it")
+    previous = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, previous)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(previous, target)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
