@@ -356,6 +356,7 @@ class SupervisedClassifier(AnomalyModel):
 
     model_name: ClassVar[str] = "baseline"
     supervised: ClassVar[bool] = True
+    native_threshold: ClassVar[float | None] = 0.5
 
     def __init__(
         self,

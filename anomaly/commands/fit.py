@@ -26,6 +26,7 @@ from anomaly.data import load_dataset
 from anomaly.data.dataset import Dataset, Sample
 from anomaly.errors import AnomalyError, DataError
 from anomaly.evaluation.split import (
+    SplitScores,
     score_split,
     split_fingerprint,
     split_metrics,
@@ -147,6 +148,23 @@ def fit_category(config: DictConfig) -> FitResult:
     return _calibrate_test_save(model, config, dataset, len(train), started)
 
 
+def calibrate_on_validation(
+    model: AnomalyModel, val: list[Sample], calibration: DictConfig
+) -> SplitScores:
+    """Score the validation split and calibrate ``model`` on it with the ``calibration``
+    config section (target miss rate, fallback, confidence); returns the validation scores."""
+    val_scores = score_split(model, val)
+    model.calibrate_from_scores(
+        val_scores.scores,
+        val_scores.labels,
+        val_scores.map_maxima,
+        target_miss_rate=calibration.target_miss_rate,
+        fallback_false_alarm_rate=calibration.fallback_false_alarm_rate,
+        confidence=calibration.confidence,
+    )
+    return val_scores
+
+
 def _calibrate_test_save(
     model: AnomalyModel,
     config: DictConfig,
@@ -160,23 +178,13 @@ def _calibrate_test_save(
     ``started`` is when fitting began (validation scoring is not counted as fitting);
     ``history`` is stored with the bundle's data record (e.g. good images added later).
     """
-    val = dataset.select("val")
     test = dataset.select("test")
-    val_scores = score_split(model, val)
-    cal = config.calibration
-    model.calibrate_from_scores(
-        val_scores.scores,
-        val_scores.labels,
-        val_scores.map_maxima,
-        target_miss_rate=cal.target_miss_rate,
-        fallback_false_alarm_rate=cal.fallback_false_alarm_rate,
-        confidence=cal.confidence,
-    )
+    val_scores = calibrate_on_validation(model, dataset.select("val"), config.calibration)
     fit_seconds = time.perf_counter() - started - val_scores.seconds
     test_metrics: dict[str, Any] = {"n_images": 0, "ms_per_image": val_scores.ms_per_image}
     if test:
         test_scores = score_split(model, test)
-        test_metrics = split_metrics(test_scores, model.threshold_)
+        test_metrics = split_metrics(test_scores, model.threshold_, config.calibration.confidence)
     out = Path(config.out or Path("runs") / dataset.name / model.model_name)
     data_info = {
         "category": dataset.name,

@@ -82,6 +82,9 @@ class AnomalyModel:
     model_name: ClassVar[str] = ""
     #: True for models that learn from defect labels too (the supervised baseline).
     supervised: ClassVar[bool] = False
+    #: A score threshold the model's own output defines regardless of calibration (a
+    #: classifier's probability 0.5); ``None`` for anomaly scores, which have none.
+    native_threshold: ClassVar[float | None] = None
     default_layers: ClassVar[tuple[int, ...]] = (2, 3)
 
     # ------------------------------------------------------------------ parameters
