@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ from anomaly.data.builtin.sealant import (
     DEFECT_TYPES,
     SEALANT_VERSION,
     SealantCounts,
+    SealantSpec,
+    cache,
     ensure_sealant,
     generate_sealant,
     image_seed,
@@ -21,6 +25,7 @@ from anomaly.data.builtin.sealant import (
 )
 from anomaly.data.layouts import load_mvtec
 from anomaly.errors import DataError
+from anomaly.io.files import directory_mode, file_mode
 from anomaly.io.images import load_image, load_mask
 
 # One defect image per type and split, a few good ones: every code path, in about a second.
@@ -31,11 +36,12 @@ SMALL = SealantCounts(
 TINY = SealantCounts(
     train_good=1, train_defect=0, val_good=0, val_defect=0, test_good=1, test_defect=0
 )
+SMALL_SPEC = SealantSpec(seed=3, counts=SMALL)
 
 
 @pytest.fixture(scope="module")
 def small_category(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_sealant(tmp_path_factory.mktemp("data"), seed=3, counts=SMALL, workers=1)
+    return generate_sealant(tmp_path_factory.mktemp("data"), SMALL_SPEC, workers=1)
 
 
 def test_render_is_deterministic_per_seed() -> None:
@@ -122,18 +128,56 @@ def test_layout_on_disk(small_category: Path) -> None:
     assert record["counts"]["test_defect"] == 1
 
 
-def test_files_match_render_part(small_category: Path) -> None:
-    image = load_image(small_category / "test" / "good" / "test_good_001.png")
-    expected, _ = render_part(image_seed(3, "test", "good", 1))
-    assert np.array_equal(image, expected)
+def test_every_file_matches_render_part(small_category: Path) -> None:
+    # The cache's path (jobs, seeds, severities, PNG writer) against a direct render, pixel for
+    # pixel, for every image and mask it wrote.
+    for job in cache._jobs(SMALL_SPEC.seed, SMALL_SPEC.counts):
+        kind = job.defect or "good"
+        image = load_image(small_category / job.folder / kind / f"{job.stem}.png")
+        expected, expected_mask = render_part(job.seed, SMALL_SPEC.size, job.defect, job.severity)
+        assert np.array_equal(image, expected), job.stem
+        if job.defect is not None:
+            mask = load_mask(small_category / "ground_truth" / kind / f"{job.stem}_mask.png")
+            assert np.array_equal(mask, expected_mask), job.stem
+    # Seeds and severities come from (seed, split, type, index) as documented.
+    bubble = next(j for j in cache._jobs(3, SMALL) if j.stem == "val_bubble_000")
+    assert bubble.seed == image_seed(3, "validation", "bubble", 0) and bubble.severity == 0.5
 
-    defect = load_image(small_category / "validation" / "bubble" / "val_bubble_000.png")
-    mask = load_mask(small_category / "ground_truth" / "bubble" / "val_bubble_000_mask.png")
-    expected, expected_mask = render_part(
-        image_seed(3, "validation", "bubble", 0), defect="bubble", severity=0.5
-    )
-    assert np.array_equal(defect, expected)
-    assert np.array_equal(mask, expected_mask)
+
+# Mean RGB of the image, mask area, and mean value inside the mask, of ``render_part(7, defect,
+# severity=0.5)``. Not SHA-256s of the pixels: OpenCV picks its code paths by CPU (AVX2/FMA or
+# not), which moves a few pixels by one level (measured: ``cv2.setUseOptimized(False)`` changes
+# the bytes of every image here, the means by ~2e-5). These numbers stay the same under that
+# and change with any change to the draws, the geometry or the shading, so a refactor that
+# alters the README's images fails here.
+FINGERPRINTS = [
+    (None, (92.520, 93.904, 93.370), 0, 0.0),
+    ("gap", (92.898, 94.287, 93.750), 497, 103.69),
+    ("thinning", (92.725, 94.111, 93.575), 512, 87.88),
+    ("excess", (92.258, 93.639, 93.107), 504, 49.89),
+    ("bubble", (92.517, 93.901, 93.367), 93, 61.59),
+    ("smear", (92.351, 93.733, 93.200), 209, 93.34),
+    ("offset", (92.430, 93.813, 93.279), 1128, 89.64),
+]
+
+
+@pytest.mark.parametrize(("defect", "means", "area", "inside"), FINGERPRINTS)
+def test_renders_keep_their_fingerprint(
+    defect: str | None, means: tuple[float, float, float], area: int, inside: float
+) -> None:
+    image, mask = render_part(7, defect=defect, severity=None if defect is None else 0.5)
+    assert np.allclose(image.reshape(-1, 3).mean(axis=0), means, atol=0.01)
+    assert abs(int(mask.sum()) - area) <= max(2, area // 100)
+    if defect is not None:
+        assert image[mask].mean() == pytest.approx(inside, abs=0.1)
+
+
+def test_category_gets_the_usual_modes(small_category: Path) -> None:
+    # Built in a staging folder: it must not keep mkdtemp's 0700 once in place.
+    assert small_category.stat().st_mode & 0o777 == directory_mode()
+    for path in small_category.rglob("*"):
+        expected = directory_mode() if path.is_dir() else file_mode()
+        assert path.stat().st_mode & 0o777 == expected, path
 
 
 def test_loads_through_mvtec_loader(small_category: Path) -> None:
@@ -157,44 +201,71 @@ def test_good_images_do_not_depend_on_counts_or_workers(
     tmp_path: Path, small_category: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Other counts, and rendered by two worker processes: the same files, byte for byte.
-    monkeypatch.setattr(sealant, "_PARALLEL_MIN_JOBS", 1)
-    other = generate_sealant(tmp_path, seed=3, counts=TINY, workers=2)
+    monkeypatch.setattr(cache, "_PARALLEL_MIN_JOBS", 1)
+    other = generate_sealant(tmp_path, SealantSpec(seed=3, counts=TINY), workers=2)
     for name in ("train/good/train_good_000.png", "test/good/test_good_000.png"):
         assert (other / name).read_bytes() == (small_category / name).read_bytes()
 
 
 def test_ensure_reuses_and_regenerates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = ensure_sealant(tmp_path, seed=1, counts=TINY)
+    first = ensure_sealant(tmp_path, SealantSpec(seed=1, counts=TINY))
     marker = first / "train" / "good" / "marker.txt"
     marker.write_text("left by the test")
 
-    assert ensure_sealant(tmp_path, seed=1, counts=TINY) == first
+    assert ensure_sealant(tmp_path, SealantSpec(seed=1, counts=TINY)) == first
     assert marker.exists()  # reused as is
 
-    monkeypatch.setattr(sealant, "SEALANT_VERSION", "999.0.0")
-    assert ensure_sealant(tmp_path, seed=1, counts=TINY) == first
+    monkeypatch.setattr(cache, "SEALANT_VERSION", "999.0.0")
+    assert ensure_sealant(tmp_path, SealantSpec(seed=1, counts=TINY)) == first
     assert not marker.exists()  # generator version changed: regenerated
     assert json.loads((first / "VERSION").read_text())["version"] == "999.0.0"
 
     marker.write_text("again")
-    ensure_sealant(tmp_path, seed=2, counts=TINY)
+    ensure_sealant(tmp_path, SealantSpec(seed=2, counts=TINY))
     assert not marker.exists()  # other seed: regenerated
 
     (first / "VERSION").write_text("garbage")
-    ensure_sealant(tmp_path, seed=2, counts=TINY)
+    ensure_sealant(tmp_path, SealantSpec(seed=2, counts=TINY))
     assert json.loads((first / "VERSION").read_text())["seed"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sealant"]
 
 
 def test_load_sealant_generates_then_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_ensure = sealant.ensure_sealant
+    real_ensure = cache.ensure_sealant
 
-    def small_ensure(data_dir: Path, **kwargs: object) -> Path:
-        return real_ensure(data_dir, counts=TINY)
+    def small_ensure(data_dir: Path, *args: object, **kwargs: object) -> Path:
+        return real_ensure(data_dir, SealantSpec(counts=TINY))
 
-    monkeypatch.setattr(sealant, "ensure_sealant", small_ensure)
+    monkeypatch.setattr(cache, "ensure_sealant", small_ensure)
     dataset = load_sealant(tmp_path, val_fraction=0.3, test_fraction=0.2, seed=4, unused=True)
     assert dataset.name == "sealant"
     assert (tmp_path / "sealant" / "VERSION").is_file()
     assert len(dataset.select("train", label=0)) == 1
     assert len(dataset.samples) == 2
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_install_race_keeps_only_the_same_category(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, same: bool
+) -> None:
+    # Another process's rename lands between our check and our rename, so ours fails: theirs
+    # is kept when it is the same category, and the failure is raised when it is not.
+    spec = SealantSpec(seed=1, counts=TINY)
+    theirs = generate_sealant(
+        tmp_path / "other", spec if same else SealantSpec(seed=2, counts=TINY)
+    )
+    (theirs / "theirs.txt").write_text("installed first")
+
+    def lose_the_race(staging: Path, target: Path) -> None:
+        shutil.copytree(theirs, target)
+        raise OSError(39, os.strerror(39), str(target))
+
+    monkeypatch.setattr(cache, "replace_directory", lose_the_race)
+    data = tmp_path / "data"
+    if same:
+        assert generate_sealant(data, spec) == data / "sealant"
+        assert (data / "sealant" / "theirs.txt").is_file()
+    else:
+        with pytest.raises(OSError):
+            generate_sealant(data, spec)
+    assert sorted(p.name for p in data.iterdir()) == ["sealant"]  # our staging folder is gone
