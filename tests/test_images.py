@@ -5,13 +5,20 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from conftest import save_image
 from PIL import Image
 
 from anomaly.errors import DataError, ImageReadError, NoImagesError
-from anomaly.io.images import IMAGE_EXTENSIONS, find_images, load_image, load_mask
+from anomaly.io.images import (
+    IMAGE_EXTENSIONS,
+    find_images,
+    load_image,
+    load_mask,
+    shrink_to_fit,
+)
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (12, 17, 3), dtype=np.uint8)
@@ -201,3 +208,64 @@ def test_find_images_errors(tmp_path: Path) -> None:
     (empty / "notes.txt").write_text("x")
     with pytest.raises(NoImagesError, match=r"empty: no image files"):
         find_images([empty])
+
+
+# ------------------------------------------------------------- reduced size (the QA report's)
+
+
+def _gradient16(low: int, high: int, shape: tuple[int, int] = (48, 64)) -> np.ndarray:
+    """A 16-bit ramp over a narrow range, where 8-bit shortcuts (x >> 8) differ from x / 257."""
+    ramp = np.linspace(low, high, shape[0] * shape[1]).reshape(shape)
+    return ramp.astype(np.uint16)
+
+
+@pytest.mark.parametrize(
+    ("name", "array"),
+    [
+        ("narrow16.png", _gradient16(1000, 1400)),
+        ("narrow16.tif", np.stack([_gradient16(30000, 30600)] * 3, axis=2)),
+        ("float01.tif", np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64)),
+        ("rgb8.png", RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8)),
+    ],
+)
+def test_reduced_size_is_the_full_conversion_shrunk(tmp_path: Path, name: str, array) -> None:
+    """What the report shows is the scored picture, smaller: same depth and range mapping."""
+    path = save_image(tmp_path / name, array)
+    full = load_image(path)
+    small = load_image(path, max_side=16)
+    expected = cv2.resize(full, (16, 12), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(small, expected)
+    _check_format(small, (12, 16))
+
+
+def test_reduced_size_never_enlarges_and_rejects_nonsense(tmp_path: Path) -> None:
+    path = save_image(tmp_path / "a.png", RGB)
+    np.testing.assert_array_equal(load_image(path, max_side=100), RGB)
+    np.testing.assert_array_equal(shrink_to_fit(RGB, 17), RGB)
+    with pytest.raises(ValueError, match="max_side"):
+        load_image(path, max_side=0)
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_large_jpeg_decoded_reduced_matches_the_full_decode(tmp_path: Path, gray: bool) -> None:
+    """libjpeg's DCT scaling (IMREAD_REDUCED) is used for speed only: the result is the same
+    picture as decoding in full and shrinking, within JPEG's own rounding."""
+    yy, xx = np.mgrid[:480, :640]
+    smooth = (128 + 60 * np.sin(xx / 40.0) * np.cos(yy / 55.0)).astype(np.uint8)
+    array = smooth if gray else np.stack([smooth, 255 - smooth, smooth // 2], axis=2)
+    path = save_image(tmp_path / "big.jpg", array)
+    full = shrink_to_fit(load_image(path), 100)
+    small = load_image(path, max_side=100)
+    assert small.shape == full.shape == (75, 100, 3)
+    assert np.abs(small.astype(int) - full.astype(int)).mean() < 1.5
+    if gray:
+        np.testing.assert_array_equal(small[..., 0], small[..., 2])
+
+
+def test_reduced_size_reports_the_same_errors(tmp_path: Path) -> None:
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(_jpeg_bytes()[:-300])
+    with pytest.raises(ImageReadError, match="truncated"):
+        load_image(path, max_side=8)
+    with pytest.raises(ImageReadError, match="file not found"):
+        load_image(tmp_path / "nope.jpg", max_side=8)

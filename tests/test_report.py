@@ -231,11 +231,17 @@ def test_report_page_is_complete_and_self_contained(run):
     assert len(page.ids) == len(set(page.ids)), "duplicate ids"
 
     # Nothing remote: every src/href is relative (or an in-page anchor), and no url() at all.
+    # Each one leads somewhere: an anchor to an element of the page, a path to a file.
     for tag, attrs in page.starts:
         for name in ("src", "href"):
             value = attrs.get(name)
-            if value is not None:
-                assert not re.match(r"(?i)\s*(https?:)?//", value), (tag, value)
+            if value is None:
+                continue
+            assert not re.match(r"(?i)\s*([a-z][a-z0-9+.-]*:|/)", value), (tag, value)
+            if value.startswith("#"):
+                assert value[1:] in page.ids, (tag, value)
+            else:
+                assert (run_dir / unquote(value)).is_file(), (tag, value)
     assert "url(http" not in html and "@import" not in html and "<link" not in html
     assert "default-src 'none'" in html  # and the browser is told to refuse anything else
 
@@ -294,11 +300,19 @@ def test_report_page_is_complete_and_self_contained(run):
 
 
 def test_images_are_relative_lazy_files(run):
-    run_dir, _ = run
+    run_dir, rows = run
     html = write_report(run_dir, thumbnail_size=40).read_text(encoding="utf-8")
     images = [attrs for tag, attrs in _parse(html).starts if tag == "img"]
     # One thumbnail per readable part, image + heatmap per NG part, a truth image for the mask.
-    assert len(images) == 7 + 3 * 2 + 1
+    sources = sorted(attrs["src"] for attrs in images)
+    readable = [i for i, r in enumerate(rows) if r["verdict"] != "ERROR"]
+    ng = [i for i, r in enumerate(rows) if r["verdict"] == "NG"]
+    with_mask = [i for i, r in enumerate(rows) if r["mask"]]
+    assert sources == sorted(
+        [f"report_files/thumbs/{i}.jpg" for i in readable]
+        + [f"report_files/detail/{i}_{kind}.jpg" for i in ng for kind in ("image", "heatmap")]
+        + [f"report_files/detail/{i}_truth.jpg" for i in with_mask]
+    )
     for attrs in images:
         assert attrs["loading"] == "lazy" and attrs["alt"] is not None
         path = run_dir / unquote(attrs["src"])
@@ -317,6 +331,14 @@ def test_ground_truth_shown_beside_heatmap(run):
     detail = re.search(rf'id="ng-{scratch}">(.*?)</article>', html, re.S).group(1)
     assert "Ground truth: defect (scratch)" in detail
     assert f"report_files/detail/{scratch}_truth.jpg" in detail
+    # Beside the heatmap means: the truth picture is the part with the mask's disc tinted green
+    # (RGB 0,220,0) where make_run drew it, and untinted elsewhere.
+    truth = cv2.cvtColor(
+        cv2.imread(str(run_dir / f"report_files/detail/{scratch}_truth.jpg")), cv2.COLOR_BGR2RGB
+    ).astype(int)
+    green = (truth[..., 1] - truth[..., [0, 2]].max(axis=2)) > 40
+    mask = cv2.imread(str(Path(rows[scratch]["mask"])), cv2.IMREAD_GRAYSCALE) > 0
+    assert green[mask].mean() > 0.9 and green[~mask].mean() < 0.05
     nasty = rows.index(next(r for r in rows if r["file"].endswith(".png") and "<b>" in r["file"]))
     detail = re.search(rf'id="ng-{nasty}">(.*?)</article>', html, re.S).group(1)
     assert "false alarm" in detail
@@ -349,10 +371,90 @@ def test_unreadable_pictures_are_reported_not_fatal(run):
     ok = next(i for i, r in enumerate(rows) if r["verdict"] == "OK" and r["file"].startswith("/"))
     Path(rows[ok]["file"]).unlink()
     html = write_report(run_dir).read_text(encoding="utf-8")
-    assert "no heatmap available" in re.search(
-        rf'id="ng-{dent}">(.*?)</article>', html, re.S
-    ).group(1)
-    assert "Pictures missing from this report" in _section(html, "errors")
+    # Reported: an NG part's missing picture in its detail section, any other part's in the
+    # list under the errors, each naming the file and the reason.
+    detail = re.search(rf'id="ng-{dent}">(.*?)</article>', html, re.S).group(1)
+    assert "no heatmap available" in detail
+    heatmap = run_dir / rows[dent]["heatmap"]
+    assert f'<p class="warning">{escape(f"heatmap {heatmap}: file not found")}</p>' in detail
+    missing = _section(html, "errors").split("Pictures missing from this report", 1)[1]
+    items = re.findall(r'<li><a href="#part-(\d+)">#\d+</a> (.*?)</li>', missing)
+    assert items == [(str(ok), escape(f"image {rows[ok]['file']}: file not found"))]
+
+
+def _write_run(run_dir: Path, rows: list[dict[str, str]]) -> None:
+    """A run directory with ``rows`` (core columns and heatmap) and a calibration."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / "scores.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "score", "verdict", "heatmap"])
+        writer.writeheader()
+        writer.writerows(rows)
+    calibration = {"threshold": THRESHOLD, "pixel_threshold": PIXEL_THRESHOLD}
+    (run_dir / "run.json").write_text(json.dumps({"calibration": calibration}), "utf-8")
+
+
+def test_pictures_are_decoded_as_the_model_decoded_them(tmp_path, monkeypatch):
+    """Issue 11: the report had its own decoder (cv2's 8-bit conversion), so a 16-bit or float
+    image could look different on the QA page from the picture that was scored. Every picture
+    must be ``load_image``'s output, shrunk with area averaging."""
+    from anomaly.io.images import load_image
+    from anomaly.report import images as report_images
+
+    ramp = np.linspace(0.0, 1.0, 48 * 64).reshape(48, 64)
+    sources = {
+        # A narrow 16-bit range, where cv2's x >> 8 and load_image's x / 257 differ by one.
+        "narrow16.png": (1000 + 400 * ramp).astype(np.uint16),
+        # Float samples in 0..1, which cv2's 8-bit decode cannot read at all.
+        "float01.tif": np.stack([ramp, ramp[::-1], 0.5 + 0 * ramp], axis=2).astype(np.float32),
+    }
+    rows = []
+    for name, array in sources.items():
+        bgr = array[:, :, ::-1] if array.ndim == 3 else array
+        assert cv2.imwrite(str(tmp_path / name), np.ascontiguousarray(bgr))
+        rows.append({"file": str(tmp_path / name), "score": "1", "verdict": "OK", "heatmap": ""})
+    rows[0].update(score="3", verdict="NG", heatmap="heatmaps/0.png")  # detail images too
+    _write_run(tmp_path / "run", rows)
+    (tmp_path / "run" / "heatmaps").mkdir()
+    _write_rgb(tmp_path / "run" / "heatmaps" / "0.png", _texture(0, 64)[:48])
+
+    written: dict[str, np.ndarray] = {}
+    encode = report_images.write_jpeg
+
+    def capture(image, files_dir, relative):
+        written[relative] = image.copy()
+        return encode(image, files_dir, relative)
+
+    monkeypatch.setattr(report_images, "write_jpeg", capture)
+    html = write_report(tmp_path / "run", thumbnail_size=32).read_text(encoding="utf-8")
+    for index, name in enumerate(sources):
+        assert f"thumbs/{index}.jpg" in written, f"no thumbnail of {name}"
+        scored = load_image(tmp_path / name)
+        thumbnail = cv2.resize(scored, (32, 24), interpolation=cv2.INTER_AREA)
+        np.testing.assert_array_equal(written[f"thumbs/{index}.jpg"], thumbnail, err_msg=name)
+        # The JPEG on disk is that picture too, within JPEG's loss.
+        on_disk = cv2.imread(str(tmp_path / "run" / "report_files" / "thumbs" / f"{index}.jpg"))
+        difference = np.abs(on_disk[:, :, ::-1].astype(int) - thumbnail.astype(int))
+        assert difference.mean() < 3, name
+    np.testing.assert_array_equal(
+        written["detail/0_image.jpg"], load_image(tmp_path / "narrow16.png")
+    )
+    assert "Pictures missing" not in html
+
+
+def test_interrupted_report_leaves_the_previous_one_intact(run, monkeypatch):
+    run_dir, _ = run
+    out = write_report(run_dir)
+    before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("anomaly.report.writer.build_html", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(run_dir)
+    after = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    assert after == before  # same HTML, same images, no half-built folder left behind
+    assert out.is_file() and not [p for p in run_dir.iterdir() if p.name.startswith(".")]
 
 
 def test_minimal_run_without_calibration(tmp_path, monkeypatch):

@@ -1,76 +1,39 @@
 """Score image files and folders into a run directory: CSV, heatmaps of rejected parts, JSON.
 
 A bad file never stops the run: it gets an ERROR row with the reason and the rest is scored.
-Every file is written atomically (temporary name, then rename), so an interrupted run leaves
-complete files or none; ``scores.csv`` appears only when the run has finished.
+The run directory's layout and formats are :mod:`anomaly.artifacts.rundir`'s; every file is
+written atomically with the usual file mode, so an interrupted run leaves complete files or
+none, and ``scores.csv`` appears only when the run has finished.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import os
-import re
-import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
 from anomaly.artifacts.heatmap import SCALE_MAX, overlay
+from anomaly.artifacts.rundir import (
+    SCORES_CSV,
+    ScoreRow,
+    write_heatmap,
+    write_run_info,
+    write_scores,
+)
 from anomaly.data.dataset import Sample
+from anomaly.decision.verdict import NG, verdict
 from anomaly.errors import AnomalyError, ImageReadError
 from anomaly.io.images import find_images, load_image
 from anomaly.models.base import AnomalyModel
 
 logger = logging.getLogger(__name__)
-
-CSV_COLUMNS = (
-    "file",
-    "score",
-    "normalized_score",
-    "verdict",
-    "heatmap",
-    "error",
-    "label",
-    "defect_type",
-    "mask",
-)
-
-
-@dataclass
-class ScoreRow:
-    file: str
-    score: float | None = None
-    normalized_score: float | None = None
-    verdict: str = "ERROR"
-    heatmap: str = ""
-    error: str = ""
-    label: int | None = None
-    defect_type: str = ""
-    mask: str = ""
-
-    def as_csv(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "score": "" if self.score is None else f"{self.score:.6g}",
-            "normalized_score": (
-                "" if self.normalized_score is None else f"{self.normalized_score:.6g}"
-            ),
-            "verdict": self.verdict,
-            "heatmap": self.heatmap,
-            "error": self.error,
-            "label": "" if self.label is None else self.label,
-            "defect_type": self.defect_type,
-            "mask": self.mask,
-        }
 
 
 @dataclass
@@ -105,7 +68,7 @@ class ScoreRun:
             lines.append("model is not calibrated: no verdicts (run calibrate or `anomaly fit`)")
         for row in [r for r in self.rows if r.verdict == "ERROR"][:5]:
             lines.append(f"  error: {row.file}: {row.error}")
-        lines.append(f"results: {self.out_dir / 'scores.csv'}")
+        lines.append(f"results: {self.out_dir / SCORES_CSV}")
         return "\n".join(lines)
 
 
@@ -152,7 +115,6 @@ def score_paths(
             )
             bar.update(len(batch_files))
     run.seconds = time.perf_counter() - started
-    _write_csv(out / "scores.csv", run.rows)
     info = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": model.model_name,
@@ -164,7 +126,8 @@ def score_paths(
         "ms_per_image": round(1000 * run.seconds / max(1, run.n_scored), 2),
         **(run_info or {}),
     }
-    write_text_atomic(out / "run.json", json.dumps(info, indent=2))
+    write_run_info(out, info)
+    write_scores(out, run.rows)  # last: its presence means the run finished
     return run
 
 
@@ -221,59 +184,10 @@ def _fill(row, image, index, score, anomaly_map, out, heatmaps, calibration) -> 
         row.verdict = "UNCALIBRATED"
         return
     row.normalized_score = score / calibration.threshold
-    row.verdict = "NG" if score >= calibration.threshold else "OK"
-    if row.verdict == "NG" and heatmaps:
-        name = f"heatmaps/{index:05d}_{_safe_stem(Path(row.file).stem)}.png"
+    row.verdict = verdict(score, calibration.threshold)
+    if row.verdict == NG and heatmaps:
         picture = overlay(image, anomaly_map / calibration.pixel_threshold)
-        write_png_atomic(out / name, picture)
-        row.heatmap = name
-
-
-def _write_csv(path: Path, rows: Iterable[ScoreRow]) -> None:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow(row.as_csv())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def write_png_atomic(path: Path, rgb: np.ndarray) -> None:
-    """Write an RGB ``uint8`` image as PNG through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(encoded.tobytes())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _safe_stem(stem: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:80] or "image"
+        row.heatmap = write_heatmap(out, index, row.file, picture)
 
 
 def _reason(error: Exception, path: str | Path) -> str:

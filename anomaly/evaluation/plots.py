@@ -2,15 +2,14 @@
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no display, no global backend
 switch), so they work headless, in threads and next to any other matplotlib user. Each function
-writes its PNG atomically (a temporary file in the target folder, then ``os.replace``) so a
-report never picks up a half-written image, and returns the path written.
+writes its PNG through :func:`anomaly.io.files.write_bytes_atomic` (temporary file, rename, the
+usual file mode) so a report never picks up a half-written image, and returns the path written.
 """
 
 from __future__ import annotations
 
+import io
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from anomaly.evaluation.metrics import OperatingPoint, missing_class_reason
+from anomaly.io.files import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +38,9 @@ def _new_figure(width: float = 6.0, height: float = 4.5) -> Figure:
 
 def _save(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically; creates the parent folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", bbox_inches="tight")
-        # mkstemp creates the file 0600; a figure is meant to be read by reports and reviewers.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        # Leave no temporary file behind, whatever went wrong (disk full, interrupt).
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    path = write_bytes_atomic(path, buffer.getvalue())
     logger.debug("wrote %s", path)
     return path
 

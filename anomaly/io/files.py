@@ -1,20 +1,29 @@
-"""The one atomic writer: text, bytes and PNG files, and whole directories.
+"""The one atomic writer: text, bytes, CSV and PNG files, and whole directories.
 
 A file is written to a hidden temporary sibling, flushed to disk and renamed over its target,
 so a reader (a report, a QA tool, the next run) sees the previous file or the finished one,
 never half of one. ``tempfile`` creates files 0600 and directories 0700; every file and folder
 written here is given the mode any other file of the user gets (``0666``/``0777`` less the
 umask), so on a shared line PC the QA team can open what the scorer wrote.
+
+Many small files that are published together (a report's thumbnails) are written with
+:func:`write_bytes` into a directory from :func:`make_staging_dir` and published whole by
+:func:`replace_directory`: the directory swap is the atomic step, so each file needs neither a
+temporary name nor its own fsync, and gets the same mode policy.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -69,13 +78,55 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    """CSV text of ``rows`` under a header of ``columns`` (``csv`` module defaults: ``\\r\\n``)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_csv_atomic(
+    path: str | Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]
+) -> Path:
+    """Write ``rows`` as CSV with the header ``columns`` to ``path`` atomically.
+
+    The text is built in memory first, so a row that fails to format leaves no file at all.
+    """
+    return write_text_atomic(path, csv_text(columns, rows))
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a new file inside a staging directory (see the module docstring).
+
+    Not atomic by itself: use it only under :func:`make_staging_dir`, whose directory is
+    published whole. The file gets the usual mode, as every file written here does.
+    """
+    path, mode = Path(path), file_mode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, mode)  # O_CREAT leaves an existing file's mode as it was
+    return path
+
+
+def _encode(rgb: np.ndarray, suffix: str, params: Sequence[int] = ()) -> bytes:
+    array = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    ok, encoded = cv2.imencode(suffix, array, list(params))
+    if not ok:
+        raise OSError(f"{suffix[1:].upper()} encoding failed for an image of shape {rgb.shape}")
+    return encoded.tobytes()
+
+
 def encode_png(rgb: np.ndarray) -> bytes:
     """PNG bytes of an RGB (or grayscale) ``uint8`` image; 16-bit grayscale is kept."""
-    array = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
-    ok, encoded = cv2.imencode(".png", array)
-    if not ok:
-        raise OSError(f"PNG encoding failed for an image of shape {rgb.shape}")
-    return encoded.tobytes()
+    return _encode(rgb, ".png")
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    """JPEG bytes (``quality`` 0..100) of an RGB (or grayscale) ``uint8`` image."""
+    return _encode(rgb, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, int(quality)))
 
 
 def write_png_atomic(path: str | Path, rgb: np.ndarray) -> Path:
@@ -114,6 +165,7 @@ def replace_directory(staging: Path, target: Path) -> None:
 
 
 def fsync_file(path: Path) -> None:
+    """Flush ``path``'s data to disk (before a rename that must not expose an empty file)."""
     with path.open("rb") as handle:
         os.fsync(handle.fileno())
 

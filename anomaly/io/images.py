@@ -132,14 +132,63 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def _decode(path: str | Path) -> np.ndarray:
-    """Decode ``path`` as stored: ``(H, W)`` or ``(H, W, C)`` in RGB(A) order, any dtype."""
+# Reduced-decoding flags by factor, largest first: the largest reduction that still leaves the
+# requested size is used.
+_REDUCED: tuple[tuple[int, int], ...] = (
+    (8, cv2.IMREAD_REDUCED_COLOR_8),
+    (4, cv2.IMREAD_REDUCED_COLOR_4),
+    (2, cv2.IMREAD_REDUCED_COLOR_2),
+)
+
+
+def _reduction_flag(data: bytes, fmt: str | None, max_side: int) -> int | None:
+    """OpenCV flag decoding ``data`` at 1/2, 1/4 or 1/8 size, still >= ``max_side``; or None.
+
+    Only for 8-bit JPEG (Pillow modes ``L`` and ``RGB``): there OpenCV's reduced modes are
+    libjpeg's DCT scaling, which decodes less and filters properly, and the samples come out as
+    the same 8-bit RGB a full decode gives, so :func:`load_image`'s conversion is unchanged.
+    Other formats are decoded in full and then subsampled by OpenCV, which is no faster and
+    aliases, and 16-bit or float samples would be converted to 8 bits OpenCV's way instead of
+    :func:`_to_uint8`'s: those take the full decode and area averaging instead.
+    """
+    if fmt != "JPEG":
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as probe:  # lazy: reads the header only
+            mode, longest = probe.mode, max(probe.size)
+    except Exception:  # a header Pillow cannot parse: the full decoder will say what is wrong
+        return None
+    if mode not in ("L", "RGB"):
+        return None
+    for factor, flag in _REDUCED:
+        if longest // factor >= max_side:
+            return flag
+    return None
+
+
+def _decode_reduced(data: bytes, fmt: str | None, max_side: int) -> np.ndarray | None:
+    """RGB ``uint8`` decoded at reduced size (see :func:`_reduction_flag`), or None."""
+    flag = _reduction_flag(data, fmt, max_side)
+    if flag is None:
+        return None
+    # IGNORE_ORIENTATION: the full decode (IMREAD_UNCHANGED) ignores EXIF orientation too.
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _decode(path: str | Path, max_side: int | None = None) -> np.ndarray:
+    """Decode ``path`` as stored: ``(H, W)`` or ``(H, W, C)`` in RGB(A) order, any dtype.
+
+    With ``max_side`` an 8-bit JPEG may come back at a reduced size (never below ``max_side``).
+    """
     path = Path(path)
     # Reading the bytes ourselves (instead of cv2.imread) copes with non-ASCII paths on Windows
     # and lets us tell "missing" from "empty" from "corrupt".
     data = _read_bytes(path)
     fmt = _sniff_format(data)
-    array = _decode_cv2(data)
+    array = None if max_side is None else _decode_reduced(data, fmt, max_side)
+    if array is None:
+        array = _decode_cv2(data)
     if array is None:
         array = _decode_pil(path, data, fmt)
     if array.ndim not in (2, 3) or array.shape[0] == 0 or array.shape[1] == 0:
@@ -168,7 +217,7 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     raise TypeError(f"unsupported sample type {array.dtype}")
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path, max_side: int | None = None) -> np.ndarray:
     """Load an image file as ``(H, W, 3)`` ``uint8`` RGB.
 
     Conversions, so that every file ends up in the same format:
@@ -183,8 +232,15 @@ def load_image(path: str | Path) -> np.ndarray:
 
     OpenCV decodes first; Pillow is the fallback for what OpenCV cannot decode.
 
+    ``max_side`` is for pictures of what was scored (the QA report): the result is shrunk with
+    :func:`shrink_to_fit` so that its longest side is at most ``max_side``, after the same
+    conversion, so a thumbnail shows the picture the model saw. An 8-bit JPEG is decoded at
+    1/2, 1/4 or 1/8 scale by libjpeg when that still leaves ``max_side`` pixels: the same
+    conversion on less data, which is most of a report's time for camera-sized images.
+
     Args:
         path: image file (PNG, JPEG, BMP, TIFF, or anything Pillow reads).
+        max_side: longest side of the result in pixels (never enlarged); None: full size.
 
     Returns:
         ``(H, W, 3)`` ``uint8`` array, RGB order, C-contiguous.
@@ -192,8 +248,11 @@ def load_image(path: str | Path) -> np.ndarray:
     Raises:
         ImageReadError: the file is missing, a folder, empty, truncated, not an image, has a
             zero width or height, or has an unsupported channel count or sample type.
+        ValueError: ``max_side`` is below 1.
     """
-    array = _decode(path)
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side={max_side}: must be at least 1")
+    array = _decode(path, max_side)
     if array.ndim == 3:
         channels = array.shape[2]
         if channels in (1, 2):  # gray, or gray + alpha
@@ -208,7 +267,23 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(path, str(exc)) from exc
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
+    if max_side is not None:
+        array = shrink_to_fit(array, max_side)
     return np.ascontiguousarray(array)
+
+
+def shrink_to_fit(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink ``image`` so its longest side is at most ``max_side``; never enlarges.
+
+    Area averaging (``INTER_AREA``), because point sampling makes thin scratches vanish from
+    thumbnails.
+    """
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def load_mask(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndarray:

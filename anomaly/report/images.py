@@ -2,16 +2,18 @@
 
 Images are files rather than data URIs so that a report of 10,000 parts stays a few MB of HTML
 that a browser opens at once, and ``loading="lazy"`` can fetch only what is on screen. Each
-source image is decoded once per part; large JPEGs are decoded at reduced resolution
-(libjpeg's DCT scaling through OpenCV's ``IMREAD_REDUCED_*`` flags), which is where most of the
-time goes for camera-sized images. OpenCV releases the GIL while decoding, resizing and
-encoding, so a small thread pool runs in parallel without the start-up and pickling cost of a
-process pool.
+source image is decoded once per part by :func:`anomaly.io.images.load_image`, the decoder the
+model's input went through, so a 16-bit or float image is shown as the model saw it; its
+``max_side`` option decodes large JPEGs at reduced resolution, which is where most of the time
+goes for camera-sized images. OpenCV releases the GIL while decoding, resizing and encoding, so
+a small thread pool runs in parallel without the start-up and pickling cost of a process pool.
+
+The pictures are written into the staging folder that :func:`anomaly.report.write_report`
+publishes whole, with :func:`anomaly.io.files.write_bytes` (the usual file mode).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -21,8 +23,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
+from anomaly.errors import ImageReadError
+from anomaly.io.files import encode_jpeg, write_bytes
+from anomaly.io.images import load_image, load_mask, shrink_to_fit
 from anomaly.report.rundata import Part
 
 logger = logging.getLogger(__name__)
@@ -36,14 +40,6 @@ JPEG_QUALITY = 85
 TRUTH_RGB = (0, 220, 0)
 THUMBS_DIR = "thumbs"
 DETAIL_DIR = "detail"
-
-# Reduced-decoding flags by factor, largest first: we pick the largest reduction that still
-# leaves at least the requested size.
-_REDUCED = (
-    (8, cv2.IMREAD_REDUCED_COLOR_8),
-    (4, cv2.IMREAD_REDUCED_COLOR_4),
-    (2, cv2.IMREAD_REDUCED_COLOR_2),
-)
 
 
 @dataclass(frozen=True)
@@ -72,77 +68,22 @@ class PartImages:
     problems: list[str] = field(default_factory=list)
 
 
-def _read_bytes(path: Path) -> np.ndarray:
-    # np.fromfile + imdecode rather than cv2.imread: imread cannot open non-ASCII paths on
-    # Windows and says nothing about why it failed.
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        raise ValueError("file is empty")
-    return data
-
-
-def _reduction_flag(data: np.ndarray, target: int) -> int:
-    """Decode flag giving an image whose longest side is still >= ``target`` pixels.
-
-    Only for JPEG, where OpenCV's reduced modes are libjpeg's DCT scaling (decoding less, and
-    properly filtered); for other formats they decode in full and then subsample, which is no
-    faster and aliases, so those are decoded in full and shrunk with area averaging.
-    """
-    if data[:3].tobytes() != b"\xff\xd8\xff":
-        return cv2.IMREAD_COLOR
-    try:
-        with Image.open(io.BytesIO(data[:65536].tobytes())) as probe:  # header only
-            longest = max(probe.size)
-    except Exception:  # a header Pillow cannot parse: let OpenCV decode it fully
-        return cv2.IMREAD_COLOR
-    for factor, flag in _REDUCED:
-        if longest // factor >= target:
-            return flag
-    return cv2.IMREAD_COLOR
-
-
-def read_rgb(path: Path, target: int) -> np.ndarray:
-    """Read ``path`` as RGB ``uint8``, decoded no larger than needed for ``target`` pixels."""
-    if not path.is_file():
-        raise FileNotFoundError("file not found")
-    data = _read_bytes(path)
-    # EXIF orientation is ignored: the heatmap was computed on the stored pixel grid, and a
-    # rotated photo beside an unrotated heatmap would point the QA team at the wrong spot.
-    bgr = cv2.imdecode(data, _reduction_flag(data, target) | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
-        raise ValueError("not a readable image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def fit(image: np.ndarray, size: int) -> np.ndarray:
-    """Shrink ``image`` so its longest side is at most ``size``; never enlarges."""
-    height, width = image.shape[:2]
-    scale = size / max(height, width)
-    if scale >= 1.0:
-        return image
-    new = (max(1, round(width * scale)), max(1, round(height * scale)))
-    # INTER_AREA: averaging avoids the aliasing that makes thin scratches vanish in thumbnails.
-    return cv2.resize(image, new, interpolation=cv2.INTER_AREA)
+def _reason(error: Exception) -> str:
+    """Why a file could not be used, without repeating its path (the report names it)."""
+    return error.reason if isinstance(error, ImageReadError) else str(error)
 
 
 def write_jpeg(image: np.ndarray, files_dir: Path, relative: str) -> Picture:
     """Encode RGB ``image`` to ``files_dir/relative`` (a POSIX path, as used in the HTML)."""
-    ok, encoded = cv2.imencode(
-        ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-    )
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    encoded.tofile(str(files_dir / relative))
+    write_bytes(files_dir / relative, encode_jpeg(image, JPEG_QUALITY))
     return Picture(relative, image.shape[1], image.shape[0])
 
 
 def truth_overlay(image: np.ndarray, mask_path: Path) -> tuple[np.ndarray, float]:
     """``image`` with the ground-truth mask tinted and outlined; also the defect area fraction."""
-    if not mask_path.is_file():
-        raise FileNotFoundError("file not found")
-    mask = cv2.imdecode(_read_bytes(mask_path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise ValueError("not a readable image")
+    # load_mask: the same rule as the evaluation (any nonzero raw sample marks a defect), so a
+    # 16-bit mask holding 1 or a coloured mask is shown as it was counted.
+    mask = load_mask(mask_path).astype(np.uint8) * 255
     area = float(np.count_nonzero(mask)) / mask.size
     height, width = image.shape[:2]
     if mask.shape != (height, width):
@@ -168,18 +109,18 @@ def render_part(part: Part, files_dir: Path, thumbnail_size: int) -> PartImages:
     result = PartImages(part.index)
     is_ng = part.verdict == "NG"
     try:
-        image = read_rgb(part.path, DETAIL_SIZE if is_ng else thumbnail_size)
+        image = load_image(part.path, DETAIL_SIZE if is_ng else thumbnail_size)
     except Exception as exc:  # any failure becomes a reason shown in the report
         image = None
         if part.verdict != "ERROR":  # the error row already says why it could not be read
-            result.problems.append(f"image {part.file}: {exc}")
+            result.problems.append(f"image {part.file}: {_reason(exc)}")
     if image is not None:
         try:
             result.thumbnail = write_jpeg(
-                fit(image, thumbnail_size), files_dir, f"{THUMBS_DIR}/{part.index}.jpg"
+                shrink_to_fit(image, thumbnail_size), files_dir, f"{THUMBS_DIR}/{part.index}.jpg"
             )
             if is_ng:
-                detail = fit(image, DETAIL_SIZE)
+                detail = image  # already at most DETAIL_SIZE
                 result.image = write_jpeg(detail, files_dir, f"{DETAIL_DIR}/{part.index}_image.jpg")
                 if part.mask is not None:
                     try:
@@ -188,7 +129,7 @@ def render_part(part: Part, files_dir: Path, thumbnail_size: int) -> PartImages:
                             truth, files_dir, f"{DETAIL_DIR}/{part.index}_truth.jpg"
                         )
                     except Exception as exc:
-                        result.problems.append(f"mask {part.mask}: {exc}")
+                        result.problems.append(f"mask {part.mask}: {_reason(exc)}")
         except Exception as exc:  # e.g. disk full; say so for this part
             result.problems.append(f"writing images of {part.file}: {exc}")
     if is_ng:
@@ -196,12 +137,12 @@ def render_part(part: Part, files_dir: Path, thumbnail_size: int) -> PartImages:
             result.problems.append(f"heatmap of {part.file}: none recorded in scores.csv")
         else:
             try:
-                heat = fit(read_rgb(part.heatmap, DETAIL_SIZE), DETAIL_SIZE)
+                heat = load_image(part.heatmap, DETAIL_SIZE)
                 result.heatmap = write_jpeg(
                     heat, files_dir, f"{DETAIL_DIR}/{part.index}_heatmap.jpg"
                 )
             except Exception as exc:
-                result.problems.append(f"heatmap {part.heatmap}: {exc}")
+                result.problems.append(f"heatmap {part.heatmap}: {_reason(exc)}")
     return result
 
 

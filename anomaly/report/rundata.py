@@ -1,30 +1,25 @@
-"""Read a score run directory (``scores.csv``, ``heatmaps/``, ``run.json``) for the report.
+"""Read a score run directory for the report, through :mod:`anomaly.artifacts.rundir`.
 
-The format is the one ``anomaly score`` writes (docs/architecture.md, "Score run directory").
-Reading is lenient where a report can still be useful: an unparsable number or a missing
-calibration field becomes ``None`` and is shown as "—", because a QA team would rather see a
-report with one blank cell than no report. A missing ``scores.csv`` or ``run.json``, or a CSV
-without its core columns, is an error: there is nothing meaningful to show then.
+The schema (file names, columns, how a cell is parsed) is the run directory's own, so the
+report reads exactly what ``anomaly score`` writes. This module adds what only a report needs:
+paths resolved for opening, normalised scores filled in from the threshold where the CSV has
+none, and a sanity check of the calibration. It is lenient where a report can still be useful
+(see :mod:`anomaly.artifacts.rundir`).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anomaly.artifacts.rundir import VERDICTS, ScoreRow, as_float, read_run_info, read_scores
 from anomaly.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-#: Columns without which a row cannot be shown at all.
-REQUIRED_COLUMNS = ("file", "score", "verdict")
-#: ``UNCALIBRATED``: scored by a model without a threshold, so there is a score but no verdict.
-VERDICTS = ("OK", "NG", "ERROR", "UNCALIBRATED")
+__all__ = ["VERDICTS", "Part", "RunData", "as_float", "read_run"]
 
 
 @dataclass(frozen=True)
@@ -68,24 +63,6 @@ class RunData:
         return any(p.label is not None or p.mask is not None for p in self.parts)
 
 
-def as_float(value: Any) -> float | None:
-    """``value`` as a finite float, or None for empty, non-numeric, NaN or infinite values."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _as_label(value: str) -> int | None:
-    number = as_float(value)
-    if number is None:
-        return None
-    return 1 if number >= 0.5 else 0
-
-
 def _resolve(value: str, base: Path | None) -> Path | None:
     """Path from a CSV cell; relative paths are taken against ``base`` (None: the cwd)."""
     value = value.strip()
@@ -97,70 +74,26 @@ def _resolve(value: str, base: Path | None) -> Path | None:
     return path.absolute()
 
 
-def _read_meta(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing; is {run_dir} a score run directory?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot be read as JSON ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(meta).__name__}")
-    return meta
-
-
-def _read_parts(run_dir: Path, threshold: float | None) -> tuple[Part, ...]:
-    path = run_dir / "scores.csv"
-    try:
-        # utf-8-sig: a CSV round-tripped through a spreadsheet often gains a BOM.
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or ())]
-            if missing:
-                raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-            rows = list(reader)
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing; is {run_dir} a score run directory?") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot be read as CSV ({exc})") from exc
-
-    parts = []
-    for index, row in enumerate(rows):
-        cell = {key: (value or "").strip() for key, value in row.items() if key is not None}
-        score = as_float(cell.get("score"))
-        normalized = as_float(cell.get("normalized_score"))
-        if normalized is None and score is not None and threshold:
-            normalized = score / threshold
-        verdict = cell.get("verdict", "").upper()
-        if verdict not in VERDICTS:
-            # An unknown verdict is most likely a row that failed half-way; show it as an error
-            # rather than silently counting it as OK or NG.
-            logger.warning(
-                "%s row %d: unknown verdict %r, shown as ERROR", path, index + 2, verdict
-            )
-            error = cell.get("error") or f"unknown verdict {verdict!r} in scores.csv"
-            verdict = "ERROR"
-        else:
-            error = cell.get("error", "")
-        if verdict == "ERROR" and not error:
-            error = "no reason recorded"
-        parts.append(
-            Part(
-                index=index,
-                file=cell.get("file", ""),
-                path=_resolve(cell.get("file", ""), None) or Path(),
-                score=score,
-                normalized=normalized,
-                verdict=verdict,
-                heatmap=_resolve(cell.get("heatmap", ""), run_dir),
-                error=error,
-                label=_as_label(cell.get("label", "")),
-                defect_type=cell.get("defect_type", ""),
-                mask=_resolve(cell.get("mask", ""), None),
-            )
-        )
-    return tuple(parts)
+def _part(index: int, row: ScoreRow, run_dir: Path, threshold: float | None) -> Part:
+    normalized = row.normalized_score
+    if normalized is None and row.score is not None and threshold:
+        normalized = row.score / threshold
+    error = row.error
+    if row.verdict == "ERROR" and not error:
+        error = "no reason recorded"
+    return Part(
+        index=index,
+        file=row.file,
+        path=_resolve(row.file, None) or Path(),
+        score=row.score,
+        normalized=normalized,
+        verdict=row.verdict,
+        heatmap=_resolve(row.heatmap, run_dir),
+        error=error,
+        label=row.label,
+        defect_type=row.defect_type,
+        mask=_resolve(row.mask, None),
+    )
 
 
 def read_run(run_dir: Path) -> RunData:
@@ -168,7 +101,7 @@ def read_run(run_dir: Path) -> RunData:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: not a directory; expected a score run directory")
-    meta = _read_meta(run_dir)
+    meta = read_run_info(run_dir)
     calibration = meta.get("calibration")
     if not isinstance(calibration, dict):
         logger.warning("%s: run.json has no calibration; threshold details will be blank", run_dir)
@@ -178,5 +111,7 @@ def read_run(run_dir: Path) -> RunData:
         logger.warning("%s: calibration threshold %r is not positive; ignored", run_dir, threshold)
         threshold = None
         calibration = {**calibration, "threshold": None}
-    parts = _read_parts(run_dir, threshold)
+    parts = tuple(
+        _part(index, row, run_dir, threshold) for index, row in enumerate(read_scores(run_dir))
+    )
     return RunData(run_dir=run_dir, parts=parts, meta=meta, calibration=calibration)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 
 from anomaly.errors import ConfigError
+from anomaly.io.files import make_staging_dir, replace_directory, write_text_atomic
 from anomaly.report.images import render_all
 from anomaly.report.page import build_html
 from anomaly.report.rundata import read_run
@@ -30,26 +29,6 @@ def files_dir_for(out: Path) -> Path:
     return out.with_name(f"{out.stem}_files")
 
 
-def _unique_sibling(path: Path, tag: str) -> Path:
-    # A hidden, unique name in the same folder: os.replace is only atomic within a file system,
-    # and created with the default mode (unlike tempfile's 0600/0700) so the finished report is
-    # readable by whoever can read the run directory.
-    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = _unique_sibling(path, "tmp")
-    try:
-        with tmp.open("x", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_report(run_dir: Path, out: Path | None = None, *, thumbnail_size: int = 160) -> Path:
     """Write a self-contained HTML report of a score run directory; returns the HTML's path.
 
@@ -67,8 +46,10 @@ def write_report(run_dir: Path, out: Path | None = None, *, thumbnail_size: int 
     JavaScript; a small inline script only adds sorting and filtering to the parts table.
 
     The images folder is built under a temporary name and swapped in whole, and the HTML is
-    written to a temporary file and moved into place with :func:`os.replace`, so an
-    interrupted run leaves the previous report intact rather than a half-written one.
+    written to a temporary file and moved into place (:mod:`anomaly.io.files`), so an
+    interrupted run leaves the previous report intact rather than a half-written one. The
+    HTML, the folder and its images get the usual modes (umask honoured), so whoever can read
+    the run directory can open the report.
 
     Files that cannot be read are listed in the report with their reason rather than failing
     it. Raises :class:`anomaly.errors.DataError` when ``run_dir`` is not a readable score run
@@ -87,8 +68,7 @@ def write_report(run_dir: Path, out: Path | None = None, *, thumbnail_size: int 
     logger.info("writing report of %d parts from %s to %s", len(run.parts), run_dir, out)
 
     files_dir = files_dir_for(out)
-    building = _unique_sibling(files_dir, "new")
-    building.mkdir()
+    building = make_staging_dir(files_dir)
     try:
         step = max(1, len(run.parts) // 10)
 
@@ -98,23 +78,11 @@ def write_report(run_dir: Path, out: Path | None = None, *, thumbnail_size: int 
 
         images = render_all(run.parts, building, thumbnail_size, progress=progress)
         html = build_html(run, images, files_dir.name, datetime.now())
+        replace_directory(building, files_dir)  # puts the previous images back if it fails
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
-    old = None
-    if files_dir.exists():
-        old = _unique_sibling(files_dir, "old")
-        os.replace(files_dir, old)
-    try:
-        os.replace(building, files_dir)
-    except BaseException:
-        if old is not None:  # put the previous report's images back under its HTML
-            os.replace(old, files_dir)
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-    _write_text_atomic(out, html)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    write_text_atomic(out, html)
     problems = sum(len(r.problems) for r in images.values())
     if problems:
         logger.warning(
