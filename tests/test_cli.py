@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from conftest import make_parts_category, save_image, textured_part
 
-from anomaly.artifacts.bundle import load_bundle
+from anomaly.artifacts.bundle import load_bundle, read_config
 from anomaly.commands.cli import main
+from anomaly.data import load_dataset
+from anomaly.models import model_names
 
 FAST = ["image_size=64", "patchcore.coreset_ratio=0.25", "runtime.progress=false"]
 
@@ -37,6 +39,11 @@ def fitted_bundle(tmp_path_factory):
     )
     assert code == 0
     return root, out
+
+
+def _score(*args: str) -> int:
+    """``anomaly score`` with ``args``, without progress bars; returns the exit code."""
+    return main(["score", *args, "runtime.progress=false"])
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -68,26 +75,14 @@ def test_score_folder_writes_csv_and_heatmaps_and_records_bad_files(
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (folder / "empty.jpg").write_bytes(b"")
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "score",
-                str(folder),
-                "--model",
-                str(bundle),
-                "--out",
-                str(out),
-                "runtime.progress=false",
-            ]
-        )
-        == 0
-    )
+    assert _score(str(folder), "--model", str(bundle), "--out", str(out)) == 0
     rows = {Path(r["file"]).name: r for r in _rows(out / "scores.csv")}
     assert len(rows) == 26
     assert rows["broken.png"]["verdict"] == "ERROR" and rows["broken.png"]["error"]
     assert rows["empty.jpg"]["error"].startswith("empty file")
     rejected = [r for r in rows.values() if r["verdict"] == "NG"]
-    assert rejected, "the blobs should be rejected"
+    blobs = [r for name, r in rows.items() if name.startswith("blob_")]
+    assert blobs and all(r["verdict"] == "NG" for r in blobs), "the blobs should be rejected"
     for row in rejected:
         assert (out / row["heatmap"]).is_file()
         assert float(row["normalized_score"]) >= 1.0
@@ -99,21 +94,7 @@ def test_score_folder_writes_csv_and_heatmaps_and_records_bad_files(
 def test_score_own_split_carries_ground_truth(fitted_bundle, tmp_path):
     _, bundle = fitted_bundle
     out = tmp_path / "split"
-    assert (
-        main(
-            [
-                "score",
-                "--split",
-                "test",
-                "--model",
-                str(bundle),
-                "--out",
-                str(out),
-                "runtime.progress=false",
-            ]
-        )
-        == 0
-    )
+    assert _score("--split", "test", "--model", str(bundle), "--out", str(out)) == 0
     rows = _rows(out / "scores.csv")
     assert {r["label"] for r in rows} == {"0", "1"}
     assert all(r["mask"] for r in rows if r["label"] == "1")
@@ -125,6 +106,16 @@ def test_nothing_scorable_exits_non_zero(fitted_bundle, tmp_path):
     bad.write_text("not an image")
     assert main(["score", str(bad), "--model", str(bundle), "--out", str(tmp_path / "r")]) == 1
     assert _rows(tmp_path / "r" / "scores.csv")[0]["verdict"] == "ERROR"
+
+
+def test_fit_help_lists_every_registered_model(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # help text is wrapped to the terminal
+    names = model_names()
+    assert {"patchcore", "padim", "baseline"} <= set(names)
+    assert f"model (model): {', '.join(names)}" in text
 
 
 def test_unknown_category_is_a_one_line_error(tmp_path, capsys):
@@ -170,7 +161,13 @@ def test_add_grows_the_bank_recalibrates_and_keeps_the_previous_bundle(
     after = load_bundle(work)
     assert after.memory_bank_.size > before.memory_bank_.size
     assert after.n_train_images_ == before.n_train_images_ + 3
-    assert after.threshold_ is not None  # recalibrated on the model's own validation split
+    # Recalibrated on the model's own validation split, with the grown bank's scores.
+    val = load_dataset(read_config(work)).select("val")
+    good = [s.path for s in val if s.label == 0]
+    assert after.calibration_.validation["n_good"] == len(good)
+    assert sorted(after.calibration_.scores_good) == pytest.approx(
+        sorted(after.predict(good).scores), rel=1e-5
+    )
     added = after.metadata_["data"]["added_images"]
     assert sorted(Path(a["file"]).name for a in added) == [f"good_{i}.png" for i in range(3)]
     # The replaced bundle survives, loadable, next to the new one.
@@ -204,3 +201,11 @@ def test_add_to_padim_says_it_cannot(tmp_path, capsys):
     good = root / "parts" / "train" / "good" / "train_000.png"
     assert main(["add", str(good), "--model", str(out), "runtime.progress=false"]) != 0
     assert "PaDiM cannot add images" in capsys.readouterr().err
+
+
+def test_compare_help_writes_percent_signs_once(capsys):
+    # argparse does not %-format a description, so "%%" there is printed as it stands.
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0/1/5% miss rate" in text and "%%" not in text

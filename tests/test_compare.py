@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from sklearn.metrics import roc_auc_score
 from test_baseline import SIZE, make_folder_category
 
 from anomaly.commands.compare import (
@@ -23,6 +24,7 @@ from anomaly.commands.fit import add_good_images
 from anomaly.config import CompareConfig, build_config
 from anomaly.data import load_dataset
 from anomaly.data.dataset import SPLITS
+from anomaly.decision.statistics import clopper_pearson
 from anomaly.evaluation.split import split_fingerprint
 
 #: Small and fast settings for every model.
@@ -129,6 +131,19 @@ def test_outputs_are_written(compared) -> None:
         "accuracy_val_best",
     } <= set(table[0])
     assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    # scores.csv: every scored model's per-image scores, from which its figures recompute.
+    with (out / "scores.csv").open() as handle:
+        scores = list(csv.DictReader(handle))
+    labels = np.array([int(r["label"]) for r in scores])
+    for row in (r for r in result.rows if r.status != "error"):
+        column = np.array([float(r[row.model]) for r in scores])
+        assert row.metrics["auroc"] == pytest.approx(roc_auc_score(labels, column))
+        # acc@0.5: the model's own decision rule (native_threshold), the classifier's only.
+        if row.model == "baseline":
+            native = np.mean((column >= 0.5) == (labels == 1))
+            assert row.accuracy_at_half == pytest.approx(native)
+        else:
+            assert row.accuracy_at_half is None
 
 
 def test_learning_curve_trains_on_defect_subsets(compared) -> None:
@@ -136,9 +151,14 @@ def test_learning_curve_trains_on_defect_subsets(compared) -> None:
     n_defects = len(load_dataset(config).select("train", label=1))
     baseline = [p for p in result.learning_curve if p["model"] == "baseline"]
     assert [p["train_defects"] for p in baseline] == [2, n_defects]
-    assert all(p["auroc"] is not None for p in baseline)
+    assert all(p["error"] == "" and 0.0 <= p["auroc"] <= 1.0 for p in baseline)
+    assert baseline[0]["fit_seconds"] > 0  # the subset point was trained here
+    # The all-defects point is the baseline row of the table, not trained a second time.
+    rows = {row.model: row for row in result.rows}
+    assert baseline[1]["auroc"] == rows["baseline"].metrics["auroc"]
+    assert baseline[1]["fit_seconds"] == rows["baseline"].fit_seconds
     unsupervised = [p for p in result.learning_curve if p["model"] != "baseline"]
-    assert {p["train_defects"] for p in unsupervised} == {0}
+    assert {p["model"]: p["train_defects"] for p in unsupervised} == {"patchcore": 0, "padim": 0}
 
 
 def test_second_run_reuses_bundles_and_a_changed_key_refits(compared) -> None:
@@ -203,3 +223,27 @@ def test_accuracy_threshold_is_chosen_on_validation_not_test() -> None:
     labels, scores = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.4, 0.9])
     assert accuracy_at_validation_best(model, labels, scores) == 0.75
     assert accuracy_at_validation_best(SimpleNamespace(calibration_=None), labels, scores) is None
+
+
+def test_the_calibration_confidence_reaches_the_test_intervals(compared, tmp_path) -> None:
+    data, _, _ = compared
+    config = build_config(
+        CompareConfig,
+        overrides=[
+            *FAST,
+            f"runs_dir={tmp_path / 'runs'}",
+            f"out={tmp_path / 'compare'}",
+            "models=[padim]",
+            "calibration.confidence=0.9",
+        ],
+        **{"data.category": "part", "data.root": str(data / "data")},
+    )
+    row = compare_category(config).rows[0]
+    op = row.metrics["operating_point"]
+    assert op["confidence"] == 0.9
+    assert op["miss_rate_ci"] == pytest.approx(clopper_pearson(op["misses"], op["n_defect"], 0.9))
+    assert op["false_alarm_rate_ci"] == pytest.approx(
+        clopper_pearson(op["false_alarms"], op["n_good"], 0.9)
+    )
+    crack = row.metrics["per_defect_type"]["crack"]
+    assert crack["miss_rate_ci"] == pytest.approx(clopper_pearson(crack["misses"], crack["n"], 0.9))

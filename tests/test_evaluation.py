@@ -12,16 +12,14 @@ from conftest import make_parts_category, save_image, textured_part
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from anomaly.commands.cli import main
+from anomaly.commands.evaluate import evaluate_bundles, evaluate_model
 from anomaly.commands.fit import fit_category
 from anomaly.config import FitConfig, build_config
 from anomaly.data import load_dataset
 from anomaly.data.dataset import Sample
-from anomaly.evaluation.split import (
-    evaluate_bundles,
-    score_split,
-    split_fingerprint,
-    split_metrics,
-)
+from anomaly.decision.statistics import clopper_pearson
+from anomaly.evaluation import metrics
+from anomaly.evaluation.split import score_split, split_fingerprint, split_metrics
 
 SIZE = 64
 
@@ -30,9 +28,13 @@ SIZE = 64
 class BrightnessModel:
     """Stands in for a fitted model: map = darkness of each pixel, score = its maximum."""
 
+    model_name = "brightness"
     progress = False
     batch_size = 3
     threshold_ = 0.5
+
+    def memory_bytes(self) -> int:
+        return 0
 
     def score_arrays(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         maps = [1.0 - image.mean(axis=2).astype(np.float32) / 255.0 for image in images]
@@ -71,7 +73,7 @@ def test_split_metrics_agree_with_sklearn(tmp_path: Path) -> None:
     maps = np.stack(scored.maps)
     masks = np.stack(scored.masks)
     assert result["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
-    assert result["aupro"] is not None
+    assert result["aupro"] == pytest.approx(metrics.aupro(maps, masks))  # on the same maps
     op = result["operating_point"]
     rejected = scores >= BrightnessModel.threshold_
     assert op["confusion"] == {
@@ -90,7 +92,10 @@ def test_single_class_split_says_what_cannot_be_computed(tmp_path: Path) -> None
         assert result[name] is None
         assert "no defective images" in result["not_computed"][name]
     assert "no defective images" in result["not_computed"]["pixel_auroc"]
-    assert result["operating_point"]["false_alarm_rate"] is not None  # what can be, is computed
+    # What can be, is computed: the good parts at or above the threshold.
+    scores = score_split(BrightnessModel(), samples).scores
+    false_alarm_rate = float(np.mean(scores >= BrightnessModel.threshold_))
+    assert result["operating_point"]["false_alarm_rate"] == pytest.approx(false_alarm_rate)
     assert "operating_point.miss_rate" in result["not_computed"]
 
 
@@ -113,6 +118,33 @@ def test_faulty_masks_drop_pixel_metrics_and_name_the_file(tmp_path: Path, fault
     assert result["pixel_auroc"] is None and result["aupro"] is None
     assert culprit in result["not_computed"]["pixel_auroc"]
     assert result["auroc"] == pytest.approx(roc_auc_score(scored.labels, scored.scores))
+
+
+def test_a_row_computes_per_defect_type_auroc_once_with_the_miss_rates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    samples = _labelled_split(tmp_path)
+    calls = []
+    per_group_auroc = metrics.per_group_auroc
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return per_group_auroc(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, "per_group_auroc", counted)
+    row, scored = evaluate_model(BrightnessModel(), samples, "brightness", confidence=0.9)
+    assert len(calls) == 1
+    assert "per_defect_type_auroc" not in row  # held once, in per_defect_type
+    labels, scores = scored.labels, scored.scores
+    types = np.array([s.defect_type for s in samples])
+    assert set(row["per_defect_type"]) == {"blob", "dent"}
+    for name, entry in row["per_defect_type"].items():
+        keep = (labels == 0) | (types == name)
+        assert entry["auroc"] == pytest.approx(roc_auc_score(labels[keep], scores[keep]))
+        defects = scores[types == name]
+        misses = int((defects < BrightnessModel.threshold_).sum())
+        assert (entry["n"], entry["misses"]) == (defects.size, misses)
+        assert entry["miss_rate_ci"] == pytest.approx(clopper_pearson(misses, defects.size, 0.9))
 
 
 # --------------------------------------------------------------------------- real bundles
@@ -230,10 +262,39 @@ def test_cli_evaluate_on_another_category_with_one_class(
     assert saved["split"]["category"] == "goodonly"
     for row in saved["models"]:
         assert row["auroc"] is None and "auroc" in row["not_computed"]
-        assert row["operating_point"]["false_alarm_rate"] is not None
+        with (tmp_path / "eval" / f"{row['label']}_scores.csv").open() as handle:
+            scores = np.array([float(r["score"]) for r in csv.DictReader(handle)])
+        # The false-alarm rate is still computed: the good parts at or above the threshold.
+        expected = float(np.mean(scores >= row["threshold"]))
+        assert row["operating_point"]["false_alarm_rate"] == pytest.approx(expected)
     assert any("evaluated on 'goodonly'" in note for note in saved["notes"])
 
 
 def test_cli_evaluate_refuses_a_missing_bundle(tmp_path: Path, capsys) -> None:
     assert main(["evaluate", "--model", str(tmp_path / "nothing")]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_the_confidence_setting_reaches_the_intervals_and_the_text(
+    bundles: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    printed, saved = {}, {}
+    for level, extra in (("90%", ["confidence=0.9"]), ("95%", [])):
+        out = tmp_path / level
+        args = ["--model", str(bundles["padim"]), "--out", str(out), "--no-plots"]
+        assert main(["-q", "evaluate", *args, "runtime.progress=false", *extra]) == 0
+        printed[level] = capsys.readouterr().out
+        saved[level] = json.loads((out / "evaluation.json").read_text())
+    assert "(90% Clopper-Pearson intervals)" in printed["90%"] and "95%" not in printed["90%"]
+    assert "(95% Clopper-Pearson intervals)" in printed["95%"]
+    assert saved["90%"]["confidence"] == 0.9
+    op = saved["90%"]["models"][0]["operating_point"]
+    assert op["confidence"] == 0.9
+    for rate, count, total in (
+        ("miss_rate", op["misses"], op["n_defect"]),
+        ("false_alarm_rate", op["false_alarms"], op["n_good"]),
+    ):
+        assert op[f"{rate}_ci"] == pytest.approx(clopper_pearson(count, total, 0.9))
+        assert op[f"{rate}_ci"] != saved["95%"]["models"][0]["operating_point"][f"{rate}_ci"]
+    blob = saved["90%"]["models"][0]["per_defect_type"]["blob"]
+    assert blob["miss_rate_ci"] == pytest.approx(clopper_pearson(blob["misses"], blob["n"], 0.9))

@@ -7,6 +7,7 @@ import pytest
 from skimage.measure import label as cc_label
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from anomaly.decision.statistics import clopper_pearson
 from anomaly.evaluation import plots
 from anomaly.evaluation.metrics import (
     accuracy_max,
@@ -21,6 +22,7 @@ from anomaly.evaluation.metrics import (
     operating_point,
     per_group_auroc,
     pixel_auroc,
+    roc_point,
 )
 
 
@@ -98,34 +100,25 @@ def test_accuracy_max_matches_brute_force_and_prefers_fewer_misses(seed):
 
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("target", [0.0, 0.01, 0.05, 0.1, 0.3, 1.0])
-def test_miss_rate_at_false_alarm_rate_matches_brute_force(seed, target):
+@pytest.mark.parametrize("bounded", ["false_alarms", "misses"])
+def test_rate_at_a_bounded_rate_matches_brute_force(seed, target, bounded):
+    """Miss rate at false-alarm rate <= target, and the reverse: the fewest of one count while
+    the other stays within the target, ties broken by the fewest of the other."""
     labels, scores = _random_split(seed, n=50, levels=5 if seed % 2 else None)
     n_good, n_defect = (labels == 0).sum(), (labels == 1).sum()
-    feasible = [
-        _counts(labels, scores, t)
-        for t in _candidates(scores)
-        if _counts(labels, scores, t)[1] / n_good <= target
-    ]
-    best = min(feasible)  # fewest misses, then fewest false alarms
-    miss_rate, threshold = miss_rate_at_false_alarm_rate(labels, scores, target)
-    assert miss_rate == best[0] / n_defect
-    assert _counts(labels, scores, threshold) == best
+    if bounded == "false_alarms":
+        function, n_minimised, n_bounded = miss_rate_at_false_alarm_rate, n_defect, n_good
+    else:
+        function, n_minimised, n_bounded = false_alarm_rate_at_miss_rate, n_good, n_defect
 
+    def counts(t):  # (count minimised, count bounded)
+        misses, false_alarms = _counts(labels, scores, t)
+        return (misses, false_alarms) if bounded == "false_alarms" else (false_alarms, misses)
 
-@pytest.mark.parametrize("seed", range(8))
-@pytest.mark.parametrize("target", [0.0, 0.01, 0.05, 0.1, 0.3, 1.0])
-def test_false_alarm_rate_at_miss_rate_matches_brute_force(seed, target):
-    labels, scores = _random_split(seed, n=50, levels=5 if seed % 2 else None)
-    n_good, n_defect = (labels == 0).sum(), (labels == 1).sum()
-    feasible = [
-        _counts(labels, scores, t)[::-1]
-        for t in _candidates(scores)
-        if _counts(labels, scores, t)[0] / n_defect <= target
-    ]
-    best = min(feasible)  # fewest false alarms, then fewest misses
-    far, threshold = false_alarm_rate_at_miss_rate(labels, scores, target)
-    assert far == best[0] / n_good
-    assert _counts(labels, scores, threshold)[::-1] == best
+    best = min(counts(t) for t in _candidates(scores) if counts(t)[1] / n_bounded <= target)
+    rate, threshold = function(labels, scores, target)
+    assert rate == best[0] / n_minimised
+    assert counts(threshold) == best
 
 
 def test_zero_miss_threshold_is_lowest_defect_score():
@@ -155,6 +148,14 @@ def test_operating_point_counts_on_hand_example():
     d = op.to_dict()
     assert d["miss_rate_ci"] == list(op.miss_rate_ci)
     assert d["confusion"]["fp"] == 2
+
+
+def test_roc_point_reads_an_operating_point_or_the_dict_rows_keep():
+    op = operating_point([0, 0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.5, 0.7, 0.5, 0.9, 0.3], 0.5)
+    assert roc_point(op) == roc_point(op.to_dict()) == pytest.approx((0.5, 2 / 3))
+    good_only = operating_point([0, 0], [0.1, 0.9], 0.5)  # no defects: no detection rate
+    assert roc_point(good_only) is None and roc_point(good_only.to_dict()) is None
+    assert roc_point(None) is None  # an uncalibrated model has no operating point
 
 
 @pytest.mark.parametrize("events,trials", [(0, 10), (3, 10), (10, 10), (1, 200), (57, 120)])
@@ -187,7 +188,8 @@ def test_single_class_split_returns_none_with_reason_and_computes_the_rest():
     assert "false_alarm_rate_at_miss_rate" in result["not_computed"]
     op = result["operating_point"]
     assert op["false_alarm_rate"] == pytest.approx(2 / 6) and op["miss_rate"] is None
-    assert op["false_alarm_rate_ci"] is not None and op["miss_rate_ci"] is None
+    assert op["false_alarm_rate_ci"] == pytest.approx(clopper_pearson(2, 6, 0.95))
+    assert op["miss_rate_ci"] is None
     assert "operating_point.miss_rate" in result["not_computed"]
     assert (result["n_good"], result["n_defect"]) == (6, 0)
 

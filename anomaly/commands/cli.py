@@ -10,12 +10,18 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from anomaly import __version__
 from anomaly.errors import AnomalyError
+
+if TYPE_CHECKING:  # the CLI imports what a command needs only when it runs (fast --help)
+    from omegaconf import DictConfig
+
+    from anomaly.data.dataset import Sample
 
 logger = logging.getLogger("anomaly")
 
@@ -46,36 +52,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _config(schema: type, args: argparse.Namespace, flags: dict[str, Any]) -> DictConfig:
+    """The command's config: defaults < ``--config`` file < ``key=value`` < named flags
+    (``flags`` maps a dotted config key to its flag's value, ``None`` when not given)."""
+    from anomaly.config import build_config
+
+    return build_config(schema, args.config, args.overrides, **flags)
+
+
 def _fit(args: argparse.Namespace) -> int:
     from anomaly.commands.fit import fit_category
-    from anomaly.config import FitConfig, build_config
+    from anomaly.config import FitConfig
 
-    config = build_config(
+    config = _config(
         FitConfig,
-        args.config,
-        args.overrides,
-        **{
+        args,
+        {
             "data.category": args.category,
             "model": args.model,
             "data.root": args.data_root,
             "out": args.out,
         },
     )
-    result = fit_category(config)
-    print(result.text())
+    print(fit_category(config).text())
     return EXIT_OK
 
 
 def _score(args: argparse.Namespace) -> int:
     from anomaly.artifacts.bundle import load_bundle
     from anomaly.commands.score import score_paths
-    from anomaly.config import ScoreConfig, build_config
+    from anomaly.config import ScoreConfig
 
-    config = build_config(
+    config = _config(
         ScoreConfig,
-        args.config,
-        args.overrides,
-        **{
+        args,
+        {
             "paths": args.paths or None,
             "model": args.model,
             "out": args.out,
@@ -115,13 +126,10 @@ def _score(args: argparse.Namespace) -> int:
 
 def _add(args: argparse.Namespace) -> int:
     from anomaly.commands.fit import add_good_images
-    from anomaly.config import AddConfig, build_config
+    from anomaly.config import AddConfig
 
-    config = build_config(
-        AddConfig,
-        args.config,
-        args.overrides,
-        **{"paths": args.paths or None, "model": args.model, "out": args.out},
+    config = _config(
+        AddConfig, args, {"paths": args.paths or None, "model": args.model, "out": args.out}
     )
     if not config.paths:
         raise AnomalyError("nothing to add: give good image files or folders")
@@ -132,26 +140,23 @@ def _add(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _split_files(bundle_dir: Path, split: str):
-    from omegaconf import OmegaConf
-
+def _split_files(bundle_dir: Path, split: str) -> tuple[list[Path], dict[Path, Sample]]:
+    """The files of the bundle's own ``split`` and, by file, their ground truth."""
+    from anomaly.artifacts.bundle import read_config
     from anomaly.data import load_dataset
 
-    config = OmegaConf.load(bundle_dir / "config.yaml")
-    dataset = load_dataset(config)
-    samples = dataset.select(split)
-    return [s.path for s in samples], {Path(s.path): s for s in samples}
+    samples = load_dataset(read_config(bundle_dir)).select(split)
+    return [Path(s.path) for s in samples], {Path(s.path): s for s in samples}
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from anomaly.config import EvaluateConfig, build_config
-    from anomaly.evaluation.split import evaluate_bundles
+    from anomaly.commands.evaluate import evaluate
+    from anomaly.config import EvaluateConfig
 
-    config = build_config(
+    config = _config(
         EvaluateConfig,
-        args.config,
-        args.overrides,
-        **{
+        args,
+        {
             "models": args.models,
             "split": args.split,
             "category": args.category,
@@ -160,19 +165,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "plots": False if args.no_plots else None,
         },
     )
-    evaluation = evaluate_bundles(
-        list(config.models),
-        split=config.split,
-        category=config.category,
-        data_root=config.data_root,
-        out=config.out,
-        plots=config.plots,
-        batch_size=config.runtime.batch_size,
-        num_threads=config.runtime.num_threads,
-        progress=config.runtime.progress,
-        confidence=config.confidence,
-    )
-    print(evaluation.text())
+    print(evaluate(config).text())
     return EXIT_OK
 
 
@@ -197,14 +190,13 @@ def _report(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from anomaly.commands.compare import compare_category
-    from anomaly.config import CompareConfig, build_config
+    from anomaly.config import CompareConfig
 
     models = None if args.models is None else [m.strip() for m in args.models.split(",") if m]
-    config = build_config(
+    config = _config(
         CompareConfig,
-        args.config,
-        args.overrides,
-        **{
+        args,
+        {
             "data.category": args.category,
             "data.root": args.data_root,
             "out": args.out,
@@ -218,6 +210,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from anomaly.config import EvaluateConfig
+    from anomaly.evaluation.tables import confidence_text
+
     parser = argparse.ArgumentParser(
         prog="anomaly",
         description="Unsupervised visual inspection: fit on good parts, score new ones.",
@@ -229,6 +224,7 @@ def _parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser(
         "fit",
+        formatter_class=_ModelNamesFormatter,
         help="fit, calibrate and save a model for a category",
         description="Fit a model on a category's good training images, calibrate its threshold "
         "to a target miss rate on the validation split, report test figures, save the bundle.",
@@ -237,14 +233,12 @@ def _parser() -> argparse.ArgumentParser:
         "See configs/default.yaml for every key.",
     )
     fit.add_argument("--category", help="category name (data.category), e.g. sealant, elpv")
-    fit.add_argument("--model", help="model (model): patchcore")
+    fit.add_argument("--model", help=f"model (model): {_MODEL_NAMES}; default patchcore")
     fit.add_argument(
         "--data-root", help="folder of categories in MVTec AD or folder layout (data.root)"
     )
     fit.add_argument("--out", help="bundle directory (out); default runs/<category>/<model>")
-    fit.add_argument("--config", help="YAML config file merged before overrides")
-    fit.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    fit.set_defaults(handler=_fit)
+    _config_arguments(fit, _fit)
 
     score = commands.add_parser(
         "score",
@@ -263,8 +257,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--report", action="store_true", help="also write report.html (report)")
     score.add_argument("--no-heatmaps", action="store_true", help="no overlay PNGs (heatmaps)")
-    score.add_argument("--config", help="YAML config file merged before overrides")
-    score.set_defaults(handler=_score, overrides=[])
+    _config_arguments(score, _score, overrides=False)
 
     add = commands.add_parser(
         "add",
@@ -278,16 +271,19 @@ def _parser() -> argparse.ArgumentParser:
     _paths_argument(add, "good image files or folders")
     add.add_argument("--model", help="PatchCore bundle directory (model)")
     add.add_argument("--out", help="where to save (out); default the model's own directory")
-    add.add_argument("--config", help="YAML config file merged before overrides")
-    add.set_defaults(handler=_add, overrides=[])
+    _config_arguments(add, _add, overrides=False)
 
+    # The help quotes the default level; confidence=0.99 sets another, which the tables state.
+    default_confidence = confidence_text(EvaluateConfig.confidence)
     evaluate = commands.add_parser(
         "evaluate",
         help="every metric of one or several bundles on one labelled split",
         description="Score bundles on a labelled split (default: the first bundle's own test "
         "split) and report image AUROC, AP, F1-max, miss and false-alarm rates at the "
-        "calibrated threshold with 95% intervals, trade-offs, pixel AUROC/AUPRO, per-defect-type "
-        "results, latency and model size. Writes evaluation.json, evaluation.txt and PNG plots.",
+        "calibrated threshold with Clopper-Pearson intervals at the confidence setting "
+        f"(confidence=..., default {default_confidence}), trade-offs, pixel AUROC/AUPRO, "
+        "per-defect-type results, latency and model size. Writes evaluation.json, "
+        "evaluation.txt and PNG plots.",
     )
     evaluate.add_argument(
         "--model",
@@ -304,9 +300,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-root", help="folder of categories for --category (data_root)")
     evaluate.add_argument("--out", help="output folder (out); default runs/evaluate-<time>")
     evaluate.add_argument("--no-plots", action="store_true", help="no PNG plots (plots)")
-    evaluate.add_argument("--config", help="YAML config file merged before overrides")
-    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    evaluate.set_defaults(handler=_evaluate)
+    _config_arguments(evaluate, _evaluate)
 
     compare = commands.add_parser(
         "compare",
@@ -314,7 +308,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Fit (or reuse bundles under runs/<category>/<model> fitted on the same split "
         "with the same config) every model, calibrate each on the same validation images and "
         "score the same test images. Prints one table (AUROC, miss and false-alarm rates at the "
-        "calibrated threshold and at 0/1/5%% miss rate, pixel AUROC/AUPRO, fit time, ms/image, "
+        "calibrated threshold and at 0/1/5% miss rate, pixel AUROC/AUPRO, fit time, ms/image, "
         "size, labelled defects used) and writes compare.json, compare.csv, scores.csv, roc.png.",
         epilog="Any fit key applies, e.g. baseline.network=efficientnet_lite0 "
         "patchcore.coreset_ratio=0.05 runtime.num_threads=2.",
@@ -333,9 +327,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--refit", action="store_true", help="fit even when a matching bundle exists (refit)"
     )
-    compare.add_argument("--config", help="YAML config file merged before overrides")
-    compare.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    compare.set_defaults(handler=_compare)
+    _config_arguments(compare, _compare)
 
     categories = commands.add_parser("categories", help="list built-in and found categories")
     categories.add_argument("--data-root", help="folder of categories to look in")
@@ -346,6 +338,41 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", help="run directory written by `anomaly score`")
     report.set_defaults(handler=_report, overrides=[])
     return parser
+
+
+#: Stands in the help for the registered model names, filled in only when help is shown:
+#: listing them imports the model registry, which imports torch (seconds), and no command but
+#: ``--help`` should pay for that before it runs.
+_MODEL_NAMES = "{model names}"
+
+
+class _ModelNamesFormatter(argparse.HelpFormatter):
+    """Help formatter that writes the registered model names (built-in and plug-ins) in place
+    of :data:`_MODEL_NAMES`."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text is None or _MODEL_NAMES not in text:
+            return text
+        from anomaly.models import model_names
+
+        # Escaped: argparse %-formats help strings after this.
+        return text.replace(_MODEL_NAMES, ", ".join(model_names()).replace("%", "%%"))
+
+
+def _config_arguments(
+    command: argparse.ArgumentParser,
+    handler: Callable[[argparse.Namespace], int],
+    overrides: bool = True,
+) -> None:
+    """``--config FILE`` and ``key=value`` overrides; a command that takes paths
+    (``overrides=False``) finds its overrides among them (:func:`_route_extra`)."""
+    command.add_argument("--config", help="YAML config file merged before overrides")
+    if overrides:
+        command.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+        command.set_defaults(handler=handler)
+    else:
+        command.set_defaults(handler=handler, overrides=[])
 
 
 def _paths_argument(command: argparse.ArgumentParser, what: str) -> None:

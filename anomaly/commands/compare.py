@@ -1,9 +1,11 @@
-"""``anomaly compare``: the unsupervised models and the supervised baseline on one split.
+"""``anomaly compare``: every registered model on one split, one table.
 
 Every model is fitted (or its bundle reused) on the same train/val/test split of one category,
 calibrated by the same rule on the same validation images, and scored on the same test images;
-the split fingerprints prove it (:func:`~anomaly.evaluation.split.split_fingerprint`).
-The table shows
+the split fingerprints prove it (:func:`~anomaly.evaluation.split.split_fingerprint`). Scoring,
+the figures of each row, the ROC and the per-image scores are ``anomaly evaluate``'s
+(:func:`~anomaly.commands.evaluate.evaluate_model`); this module adds fitting or reusing each
+model, the accuracies a classifier is usually judged by, and the learning curve. The table shows
 what a line cares about (misses and false alarms at the calibrated threshold, false alarms at
 fixed miss rates), what each model costs (fit time, ms/image, size) and what it needs: how many
 labelled defects went into training (none for the unsupervised models).
@@ -17,28 +19,32 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
-import os
-import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly.artifacts.bundle import bundle_size_bytes, load_bundle, read_metadata
-from anomaly.commands.fit import build_model, fit_category
+from anomaly.artifacts.bundle import load_bundle, read_config, read_metadata
+from anomaly.commands.evaluate import evaluate_model, write_roc, write_scores_csv
+from anomaly.commands.fit import build_model, calibrate_on_validation, fit_category
 from anomaly.config import FitConfig, to_yaml
 from anomaly.data import load_dataset
-from anomaly.data.dataset import SPLITS, Dataset, Sample
+from anomaly.data.dataset import SPLITS, Dataset
+from anomaly.decision.verdict import is_anomalous
 from anomaly.errors import AnomalyError, DataError
 from anomaly.evaluation import metrics
-from anomaly.evaluation.plots import roc_plot
-from anomaly.evaluation.split import score_split, split_fingerprint, split_metrics
+from anomaly.evaluation.split import SplitScores, score_split, split_fingerprint, split_metrics
+from anomaly.evaluation.tables import format_table as _format_table
+from anomaly.evaluation.tables import num, pct
+from anomaly.io.files import write_text_atomic
+from anomaly.io.jsonio import dumps
 from anomaly.models.base import AnomalyModel
 
 logger = logging.getLogger(__name__)
@@ -68,10 +74,14 @@ class ModelRow:
     bundle_mb: float | None = None
     backbone_mb: float = 0.0  # frozen backbone weights loaded from elsewhere, not in the bundle
     test_fingerprint: str | None = None
-    #: The classifier's own decision rule (defect probability >= 0.5), supervised models only.
+    #: Test accuracy at the model's own decision rule (``native_threshold``: the classifier's
+    #: defect probability >= 0.5); ``None`` for models without one. Named for the classifier,
+    #: the only model that has one, as the CSV column and the ``acc@0.5`` title always were.
     accuracy_at_half: float | None = None
     #: Test accuracy at the threshold that maximises accuracy on the validation images (any model).
     accuracy_val_best: float | None = None
+    #: The model's row of ``anomaly evaluate`` on the test split
+    #: (:func:`~anomaly.commands.evaluate.evaluate_model`).
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -190,30 +200,20 @@ def compare_category(config: DictConfig) -> CompareResult:
 
     rows: list[ModelRow] = []
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    points: dict[str, tuple[float, float]] = {}
     per_image: dict[str, np.ndarray] = {}
     for name in list(config.models):
         row, scores = _evaluate_model(config, name, dataset, fingerprints)
         rows.append(row)
         if scores is not None:
-            labels = scores.labels
-            curves[name] = (labels, scores.scores)
+            curves[name] = (scores.labels, scores.scores)
             per_image[name] = scores.scores
-            op = row.metrics.get("operating_point") or {}
-            if op.get("miss_rate") is not None and op.get("false_alarm_rate") is not None:
-                points[name] = (op["false_alarm_rate"], 1.0 - op["miss_rate"])
 
     same = _check_same_test_images(rows, fingerprints["test"])
     files: list[Path] = []
     if curves:
-        files.append(
-            roc_plot(
-                curves,
-                out / "roc.png",
-                points,
-                title=f"{dataset.name}: test ROC, dots at the calibrated threshold",
-            )
-        )
+        title = f"{dataset.name}: test ROC, dots at the calibrated threshold"
+        scored = [row.metrics for row in rows if row.metrics]
+        files.append(write_roc(out / "roc.png", scored, curves, title))
     learning = []
     if config.learning_curve:
         learning = learning_curve(config, dataset, rows)
@@ -226,15 +226,13 @@ def compare_category(config: DictConfig) -> CompareResult:
         same_test_images=same,
         learning_curve=learning,
     )
-    files.append(_write_text(out / "compare.csv", _csv([row.figures() for row in rows])))
+    files.append(write_text_atomic(out / "compare.csv", _csv([row.figures() for row in rows])))
     if per_image:
-        files.append(_write_text(out / "scores.csv", _scores_csv(test, per_image)))
+        files.append(write_scores_csv(out / "scores.csv", test, per_image))
     if learning:
-        files.append(_write_text(out / "learning_curve.csv", _csv(learning)))
+        files.append(write_text_atomic(out / "learning_curve.csv", _csv(learning)))
     result.files = [*files, out / "compare.json"]
-    _write_text(
-        out / "compare.json", json.dumps(_to_json(result, config), indent=2, default=_json_default)
-    )
+    write_text_atomic(out / "compare.json", dumps(_to_json(result, config)))
     return result
 
 
@@ -266,6 +264,7 @@ def reuse_problem(
         return "no bundle yet"
     try:
         metadata = read_metadata(bundle_dir)
+        bundle_config = read_config(bundle_dir)
     except AnomalyError as error:
         return f"unusable bundle ({error})"
     if metadata.get("model") != fit_config.model:
@@ -277,10 +276,6 @@ def reuse_problem(
     saved = (metadata.get("data") or {}).get("split_fingerprints")
     if saved != fingerprints:
         return "bundle was fitted on a different split (fingerprints differ)"
-    try:
-        bundle_config = OmegaConf.load(bundle_dir / "config.yaml")
-    except Exception as error:  # omegaconf/yaml raise several kinds
-        return f"bundle config unreadable ({error})"
     wanted = OmegaConf.to_container(fit_config, resolve=True)
     have = OmegaConf.to_container(bundle_config, resolve=True)
     assert isinstance(wanted, dict) and isinstance(have, dict)
@@ -296,45 +291,54 @@ def reuse_problem(
     return None
 
 
+def _fit_or_reuse(
+    config: DictConfig, name: str, bundle_dir: Path, fingerprints: dict[str, str]
+) -> tuple[AnomalyModel, str]:
+    """The model ``name`` and how it was had: ``"loaded"`` from a bundle that can stand in for
+    fitting it (:func:`reuse_problem`), else ``"fitted"`` (and saved to ``bundle_dir``)."""
+    fit_config = fit_config_for(config, name, bundle_dir)
+    problem = "refit=true" if config.refit else reuse_problem(bundle_dir, fit_config, fingerprints)
+    if problem is None:
+        logger.info("%s: reusing the bundle at %s (same split and config)", name, bundle_dir)
+        return load_bundle(bundle_dir), "loaded"
+    logger.info("%s: fitting (%s)", name, problem)
+    return fit_category(fit_config).model, "fitted"
+
+
 def _evaluate_model(
     config: DictConfig, name: str, dataset: Dataset, fingerprints: dict[str, str]
-) -> tuple[ModelRow, Any]:
+) -> tuple[ModelRow, SplitScores | None]:
     """Fit or load ``name``, score the test split; a failure becomes a row with the error."""
     bundle_dir = Path(config.runs_dir) / dataset.name / name
     row = ModelRow(model=name, status="error", bundle_dir=str(bundle_dir))
     try:
-        fit_config = fit_config_for(config, name, bundle_dir)
-        problem = (
-            "refit=true" if config.refit else reuse_problem(bundle_dir, fit_config, fingerprints)
-        )
-        if problem is None:
-            logger.info("%s: reusing the bundle at %s (same split and config)", name, bundle_dir)
-            model = load_bundle(bundle_dir)
-            row.status = "loaded"
-            row.fit_seconds = (model.metadata_.get("evaluation") or {}).get("fit_seconds")
-        else:
-            logger.info("%s: fitting (%s)", name, problem)
-            result = fit_category(fit_config)
-            model = result.model
-            row.status = "fitted"
-            row.fit_seconds = result.summary["fit_seconds"]
+        model, row.status = _fit_or_reuse(config, name, bundle_dir, fingerprints)
         model.set_runtime(
             config.runtime.batch_size, config.runtime.num_threads, config.runtime.progress
         )
-        _describe(row, model, dataset)
-        row.bundle_mb = round(bundle_size_bytes(bundle_dir) / 2**20, 2)
-        saved = read_metadata(bundle_dir)["data"]["split_fingerprints"]
-        if saved != fingerprints:
+        metadata = read_metadata(bundle_dir)
+        if metadata["data"]["split_fingerprints"] != fingerprints:
             raise DataError(f"{bundle_dir}: was fitted on a different split than this comparison")
+        # The fit time the bundle recorded: the same for a model fitted now and one reused.
+        row.fit_seconds = (metadata.get("evaluation") or {}).get("fit_seconds")
+        description = model.describe()
+        row.initialisation = description["initialisation"]
+        row.train_defects = description["n_train_defects"]
+        row.train_good = description["n_train_good"]
+        row.fit_cpu_seconds = description["fit_cpu_seconds"]
+        row.backbone_mb = description["external_weights_mb"]
         test = dataset.select("test")
         logger.info("%s: scoring %d test images", name, len(test))
-        scores = score_split(model, test)
-        row.test_fingerprint = split_fingerprint(scores.samples)
-        row.metrics = split_metrics(scores, model.threshold_)
-        row.ms_per_image = round(scores.ms_per_image, 2)
+        confidence = config.calibration.confidence
+        row.metrics, scores = evaluate_model(model, test, name, confidence, bundle_dir)
+        row.test_fingerprint = row.metrics["fingerprint"]
+        row.ms_per_image = row.metrics["ms_per_image"]
+        row.bundle_mb = round(row.metrics["bundle_bytes"] / 2**20, 2)
         row.accuracy_val_best = accuracy_at_validation_best(model, scores.labels, scores.scores)
-        if model.supervised:
-            row.accuracy_at_half = float(np.mean((scores.scores >= 0.5) == (scores.labels == 1)))
+        if model.native_threshold is not None:
+            row.accuracy_at_half = _accuracy_at(
+                model.native_threshold, scores.labels, scores.scores
+            )
         return row, scores
     except KeyboardInterrupt:
         raise
@@ -358,41 +362,19 @@ def accuracy_at_validation_best(
     The validation scores are the ones kept by calibration, so the threshold never sees the test
     images. ``None`` when the model is not calibrated or validation lacks a class.
     """
-    calibration = getattr(model, "calibration_", None)
+    calibration = model.calibration_
     if calibration is None:
         return None
     good, defect = calibration.scores_good, calibration.scores_defect
     best = metrics.accuracy_max([0] * len(good) + [1] * len(defect), [*good, *defect])
     if best is None:
         return None
-    return float(np.mean((np.asarray(scores) >= best[1]) == (np.asarray(labels) == 1)))
+    return _accuracy_at(best[1], labels, scores)
 
 
-def _describe(row: ModelRow, model: AnomalyModel, dataset: Dataset) -> None:
-    """Initialisation, labelled data used and size of the weights kept outside the bundle."""
-    extractor = model.extractor_
-    if model.supervised:
-        row.initialisation = getattr(model, "initialisation_", "")
-        row.train_defects = int(getattr(model, "n_train_defects_", 0))
-        row.train_good = int(getattr(model, "n_train_good_", 0))
-        cpu = getattr(model, "fit_cpu_seconds_", None)
-        row.fit_cpu_seconds = None if cpu is None or not np.isfinite(cpu) else float(cpu)
-        row.backbone_mb = 0.0  # the fine-tuned network is inside the bundle
-    else:
-        source = getattr(extractor, "weights_source", "")
-        row.initialisation = f"{model.backbone}, frozen, {_source_text(source)}"
-        row.train_defects = 0
-        row.train_good = int(model.n_train_images_)
-        tensors = [*extractor.parameters(), *extractor.buffers()]
-        row.backbone_mb = round(sum(t.numel() * t.element_size() for t in tensors) / 2**20, 2)
-
-
-def _source_text(source: str) -> str:
-    if source == "random":
-        return "random weights"
-    if source.startswith(("package:", "timm:")):
-        return f"ImageNet ({source})"
-    return source
+def _accuracy_at(threshold: float, labels: np.ndarray, scores: np.ndarray) -> float:
+    """Share of images the one decision rule gets right at ``threshold``."""
+    return float(np.mean(is_anomalous(scores, threshold) == (np.asarray(labels) == 1)))
 
 
 def _check_same_test_images(rows: list[ModelRow], expected: str) -> bool:
@@ -459,19 +441,12 @@ def learning_curve(
                 [s.label for s in chosen],
                 validation=([s.path for s in val], [s.label for s in val]),
             )
-            val_scores = score_split(model, val)
-            cal = config.calibration
-            model.calibrate_from_scores(
-                val_scores.scores,
-                val_scores.labels,
-                val_scores.map_maxima,
-                target_miss_rate=cal.target_miss_rate,
-                fallback_false_alarm_rate=cal.fallback_false_alarm_rate,
-                confidence=cal.confidence,
-            )
+            val_scores = calibrate_on_validation(model, val, config.calibration)
             seconds = time.perf_counter() - started - val_scores.seconds
-            metrics = split_metrics(score_split(model, test), model.threshold_)
-            points.append(_curve_point("baseline", count, metrics, round(seconds, 2), None))
+            figures = split_metrics(
+                score_split(model, test), model.threshold_, config.calibration.confidence
+            )
+            points.append(_curve_point("baseline", count, figures, round(seconds, 2), None))
         except KeyboardInterrupt:
             raise
         except Exception as error:
@@ -483,16 +458,16 @@ def learning_curve(
 def _curve_point(
     model: str,
     defects: int,
-    metrics: dict[str, Any],
+    figures: dict[str, Any],
     fit_seconds: float | None,
     error: str | None,
 ) -> dict[str, Any]:
-    op = metrics.get("operating_point") or {}
-    far_at = (metrics.get("false_alarm_rate_at_miss_rate") or {}).get("0.05")
+    op = figures.get("operating_point") or {}
+    far_at = (figures.get("false_alarm_rate_at_miss_rate") or {}).get("0.05")
     return {
         "model": model,
         "train_defects": defects,
-        "auroc": metrics.get("auroc"),
+        "auroc": figures.get("auroc"),
         "miss_rate": op.get("miss_rate"),
         "false_alarm_rate": op.get("false_alarm_rate"),
         "far_at_miss_5pct": None if far_at is None else far_at["false_alarm_rate"],
@@ -521,69 +496,62 @@ def balance_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-_COLUMNS = (
-    ("model", "model", "s"),
-    ("defects", "train_defects", "d"),
-    ("AUROC", "auroc", ".4f"),
-    ("miss@thr", "miss_rate", "%"),
-    ("FA@thr", "false_alarm_rate", "%"),
-    ("acc@thr", "accuracy", "%"),
-    ("acc@0.5", "accuracy_at_half", "%"),
-    ("acc@valbest", "accuracy_val_best", "%"),
-    ("FA@miss0", "far_at_miss_0", "%"),
-    ("FA@miss1%", "far_at_miss_1pct", "%"),
-    ("FA@miss5%", "far_at_miss_5pct", "%"),
-    ("pixAUROC", "pixel_auroc", ".4f"),
-    ("AUPRO", "aupro", ".4f"),
-    ("fit s", "fit_seconds", ".0f"),
-    ("ms/img", "ms_per_image", ".0f"),
-    ("MB", "size_mb", ".1f"),
-    ("source", "status", "s"),
+#: A table column: its title, the key of the figure it shows, and how to write that figure.
+Column = tuple[str, str, Callable[[Any], str]]
+
+_COLUMNS: tuple[Column, ...] = (
+    ("model", "model", str),
+    ("defects", "train_defects", str),
+    ("AUROC", "auroc", num),
+    ("miss@thr", "miss_rate", pct),
+    ("FA@thr", "false_alarm_rate", pct),
+    ("acc@thr", "accuracy", pct),
+    ("acc@0.5", "accuracy_at_half", pct),
+    ("acc@valbest", "accuracy_val_best", pct),
+    ("FA@miss0", "far_at_miss_0", pct),
+    ("FA@miss1%", "far_at_miss_1pct", pct),
+    ("FA@miss5%", "far_at_miss_5pct", pct),
+    ("pixAUROC", "pixel_auroc", num),
+    ("AUPRO", "aupro", num),
+    ("fit s", "fit_seconds", partial(num, digits=0)),
+    ("ms/img", "ms_per_image", partial(num, digits=0)),
+    ("MB", "size_mb", partial(num, digits=1)),
+    ("source", "status", str),
 )
+#: The learning curve's columns, in its order: the same titles and formats as the main table's.
+_CURVE_KEYS = (
+    "model",
+    "train_defects",
+    "auroc",
+    "miss_rate",
+    "false_alarm_rate",
+    "far_at_miss_5pct",
+    "accuracy",
+    "fit_seconds",
+)
+_CURVE_COLUMNS = tuple(next(c for c in _COLUMNS if c[1] == key) for key in _CURVE_KEYS)
 
 
-def _cell(value: Any, spec: str) -> str:
-    if value is None or value == "":
-        return "-"
-    if spec == "%":
-        return f"{100 * value:.1f}%"
-    if spec == "s":
-        return str(value)
-    return format(value, spec)
-
-
-def _fixed_width(columns: tuple[tuple[str, str, str], ...], rows: list[dict[str, Any]]) -> str:
-    header = [title for title, _, _ in columns]
-    body = [[_cell(row.get(key), spec) for _, key, spec in columns] for row in rows]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+def _columns_table(columns: Sequence[Column], records: Sequence[dict[str, Any]]) -> str:
+    """The records as a table of ``columns``, numbers right-aligned, ``-`` where a figure is
+    missing (an error row has almost none, and dashes keep it readable)."""
+    body = [
+        ["-" if record.get(key) in (None, "") else write(record[key]) for _, key, write in columns]
+        for record in records
+    ]
     return "\n".join(
-        "  ".join(
-            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in [header, *body]
+        _format_table([title for title, _, _ in columns], body, numbers_right=True, rule=False)
     )
 
 
 def format_table(figures: list[dict[str, Any]]) -> str:
     """Fixed-width text table of :meth:`ModelRow.figures` dicts."""
-    return _fixed_width(_COLUMNS, figures)
-
-
-_CURVE_COLUMNS = (
-    ("model", "model", "s"),
-    ("defects", "train_defects", "d"),
-    ("AUROC", "auroc", ".4f"),
-    ("miss@thr", "miss_rate", "%"),
-    ("FA@thr", "false_alarm_rate", "%"),
-    ("FA@miss5%", "far_at_miss_5pct", "%"),
-    ("acc@thr", "accuracy", "%"),
-    ("fit s", "fit_seconds", ".0f"),
-)
+    return _columns_table(_COLUMNS, figures)
 
 
 def format_curve(points: list[dict[str, Any]]) -> str:
     """Fixed-width text table of learning-curve points."""
-    return _fixed_width(_CURVE_COLUMNS, points)
+    return _columns_table(_CURVE_COLUMNS, points)
 
 
 def _accuracy(op: dict[str, Any]) -> float | None:
@@ -603,23 +571,6 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _scores_csv(test: list[Sample], per_image: dict[str, np.ndarray]) -> str:
-    """Per test image: file, label, defect type, and each model's score."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file", "label", "defect_type", *per_image])
-    for i, sample in enumerate(test):
-        writer.writerow(
-            [
-                str(sample.path),
-                sample.label,
-                sample.defect_type,
-                *(f"{scores[i]:.6g}" for scores in per_image.values()),
-            ]
-        )
-    return buffer.getvalue()
-
-
 def _to_json(result: CompareResult, config: DictConfig) -> dict[str, Any]:
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -630,27 +581,3 @@ def _to_json(result: CompareResult, config: DictConfig) -> dict[str, Any]:
         "learning_curve": result.learning_curve,
         "config": to_yaml(config),
     }
-
-
-def _write_text(path: Path, text: str) -> Path:
-    """Write atomically (temporary file, then rename), as the rest of the outputs are."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

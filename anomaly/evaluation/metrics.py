@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -145,23 +145,35 @@ def f1_max(labels: Any, scores: Any) -> tuple[float, float] | None:
     return float(f1[best]), float(thresholds[best])
 
 
-def _rates_over_thresholds(
-    y: np.ndarray, s: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Miss and false-alarm counts at every useful threshold.
+class _Sweep(NamedTuple):
+    """Miss and false-alarm counts at every useful threshold of one labelled split.
 
-    Returns ``(thresholds (T,), misses (T,), false_alarms (T,))`` with thresholds ascending: every
-    distinct score plus one value just above the highest (reject nothing). Any other threshold
-    gives the same counts as one of these, so optimising over them is exact, ties included.
-    Misses never decrease and false alarms never increase along the thresholds.
+    ``thresholds`` ``(T,)`` ascend: every distinct score plus one value just above the highest
+    (reject nothing). Any other threshold gives the same counts as one of these, so optimising
+    over them is exact, ties included. ``misses`` ``(T,)`` never decrease and ``false_alarms``
+    ``(T,)`` never increase along the thresholds.
     """
+
+    thresholds: np.ndarray
+    misses: np.ndarray
+    false_alarms: np.ndarray
+    n_good: int
+    n_defect: int
+
+
+def _sweep(labels: Any, scores: Any) -> _Sweep | None:
+    """Validate ``labels``/``scores`` ``(N,)`` and count at every threshold; ``None`` when a
+    class is absent (every threshold search needs both)."""
+    y, s = _labels_scores(labels, scores)
+    if missing_class_reason(y) is not None:
+        return None
     distinct = np.unique(s)
     thresholds = np.append(distinct, np.nextafter(distinct[-1], np.inf))
     good = np.sort(s[y == 0])
     defect = np.sort(s[y == 1])
     misses = np.searchsorted(defect, thresholds, side="left")  # defects with score < t
     false_alarms = good.size - np.searchsorted(good, thresholds, side="left")  # good >= t
-    return thresholds, misses, false_alarms
+    return _Sweep(thresholds, misses, false_alarms, good.size, defect.size)
 
 
 def accuracy_max(labels: Any, scores: Any) -> tuple[float, float] | None:
@@ -172,13 +184,13 @@ def accuracy_max(labels: Any, scores: Any) -> tuple[float, float] | None:
     the same accuracy the lowest is returned (it misses the fewest defects). ``None`` when a class
     is absent.
     """
-    y, s = _labels_scores(labels, scores)
-    if missing_class_reason(y) is not None:
+    sweep = _sweep(labels, scores)
+    if sweep is None:
         return None
-    thresholds, misses, false_alarms = _rates_over_thresholds(y, s)
-    correct = y.size - misses - false_alarms
+    n_images = sweep.n_good + sweep.n_defect
+    correct = n_images - sweep.misses - sweep.false_alarms
     best = int(np.argmax(correct))  # thresholds ascend, so argmax picks the lowest among ties
-    return float(correct[best] / y.size), float(thresholds[best])
+    return float(correct[best] / n_images), float(sweep.thresholds[best])
 
 
 def miss_rate_at_false_alarm_rate(
@@ -192,18 +204,18 @@ def miss_rate_at_false_alarm_rate(
     rate low enough. ``None`` when a class is absent.
     """
     far = _check_rate("far", far)
-    y, s = _labels_scores(labels, scores)
-    if missing_class_reason(y) is not None:
+    sweep = _sweep(labels, scores)
+    if sweep is None:
         return None
-    thresholds, misses, false_alarms = _rates_over_thresholds(y, s)
-    n_good, n_defect = int((y == 0).sum()), int((y == 1).sum())
-    # Rates compared as divisions (not counts against far * n) so 29/100 <= 0.29 holds.
-    feasible = false_alarms / n_good <= far  # the last threshold (0 false alarms) always is
+    misses = sweep.misses
+    # Rates compared as divisions (not counts against far * n) so 29/100 <= 0.29 holds. The
+    # last threshold (0 false alarms) is always feasible.
+    feasible = sweep.false_alarms / sweep.n_good <= far
     best_misses = misses[int(np.argmax(feasible))]
     # Misses only grow with the threshold and false alarms only fall: the last threshold with
     # the best miss count is the one with the fewest false alarms.
     k = int(np.flatnonzero(misses == best_misses)[-1])
-    return float(misses[k] / n_defect), float(thresholds[k])
+    return float(misses[k] / sweep.n_defect), float(sweep.thresholds[k])
 
 
 def false_alarm_rate_at_miss_rate(
@@ -216,16 +228,15 @@ def false_alarm_rate_at_miss_rate(
     is then the lowest defect score. ``None`` when a class is absent.
     """
     mr = _check_rate("mr", mr)
-    y, s = _labels_scores(labels, scores)
-    if missing_class_reason(y) is not None:
+    sweep = _sweep(labels, scores)
+    if sweep is None:
         return None
-    thresholds, misses, false_alarms = _rates_over_thresholds(y, s)
-    n_good, n_defect = int((y == 0).sum()), int((y == 1).sum())
-    feasible = misses / n_defect <= mr  # the lowest threshold (0 misses) always is
+    false_alarms = sweep.false_alarms
+    feasible = sweep.misses / sweep.n_defect <= mr  # the lowest threshold (0 misses) always is
     best_false_alarms = false_alarms[int(np.flatnonzero(feasible)[-1])]
     # The first threshold with the best false-alarm count has the fewest misses.
     k = int(np.flatnonzero(false_alarms == best_false_alarms)[0])
-    return float(false_alarms[k] / n_good), float(thresholds[k])
+    return float(false_alarms[k] / sweep.n_good), float(sweep.thresholds[k])
 
 
 @dataclass(frozen=True)
@@ -253,9 +264,7 @@ class OperatingPoint:
 
     def roc_point(self) -> tuple[float, float] | None:
         """``(false-alarm rate, detection rate)`` for marking on a ROC plot; ``None`` if unknown."""
-        if self.false_alarm_rate is None or self.miss_rate is None:
-            return None
-        return self.false_alarm_rate, 1.0 - self.miss_rate
+        return roc_point(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: intervals as ``[low, high]`` lists."""
@@ -276,6 +285,24 @@ class OperatingPoint:
             "confidence": self.confidence,
             "confusion": dict(self.confusion),
         }
+
+
+def roc_point(point: OperatingPoint | Mapping[str, Any] | None) -> tuple[float, float] | None:
+    """``(false-alarm rate, detection rate)`` of an operating point, for marking on a ROC plot.
+
+    ``point`` is an :class:`OperatingPoint` or its :meth:`~OperatingPoint.to_dict` (the form
+    evaluation rows keep). ``None`` when there is no point or one of its rates is unknown (a
+    class absent from the split).
+    """
+    if point is None:
+        return None
+    if isinstance(point, OperatingPoint):
+        far, miss = point.false_alarm_rate, point.miss_rate
+    else:
+        far, miss = point.get("false_alarm_rate"), point.get("miss_rate")
+    if far is None or miss is None:
+        return None
+    return float(far), 1.0 - float(miss)
 
 
 def operating_point(
