@@ -41,8 +41,8 @@ Design choices, and why:
   overlays for rejected parts.
 * **Speed on a CPU.** Training images are decoded and resized once and kept in memory (uint8);
   the network runs in channels-last layout (about half the time of depthwise convolutions in
-  the default layout). Defaults (224 px, 8 epochs) keep elpv training (1,341 images) around
-  a quarter of an hour on two cores.
+  the default layout). Defaults (224 px, at most 6 epochs) keep elpv training (1,341 images)
+  around a quarter of an hour on two cores.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import cv2
 import numpy as np
@@ -65,14 +65,23 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from anomaly.components.backbones import BackboneSpec, create_classifier, get_spec
+from anomaly.artifacts.bundle import TENSORS
+from anomaly.components.backbones import (
+    BackboneNetwork,
+    BackboneSpec,
+    create_classifier,
+    get_spec,
+)
 from anomaly.components.features import preprocess
 from anomaly.components.maps import anomaly_map
-from anomaly.components.memory_bank import set_num_threads
+from anomaly.components.threads import limited_threads
 from anomaly.errors import BackboneError, BundleError, ConfigError, DataError
 from anomaly.evaluation import metrics
 from anomaly.models.base import AnomalyModel, ImageInput
 from baselines.gradcam import grad_cam
+
+if TYPE_CHECKING:
+    from anomaly.data.dataset import Sample
 
 logger = logging.getLogger(__name__)
 
@@ -210,8 +219,9 @@ def augment(batch: np.ndarray, rng: np.random.Generator, max_rotation: float) ->
 # ---------------------------------------------------------------------------------------------
 
 
-class ClassifierNetwork(nn.Module):
-    """A timm classifier with a good/defect head; plays the role of ``extractor_`` in bundles.
+class ClassifierNetwork(BackboneNetwork):
+    """A timm classifier with a good/defect head: the baseline's ``extractor_``, fine-tuned, so
+    the bundle stores its weights (and checks their fingerprint on loading).
 
     ``forward(batch)`` gives the defect log-odds ``(B,)``; :meth:`features` and
     :meth:`defect_log_odds` split it at the last convolutional stage for Grad-CAM.
@@ -220,20 +230,8 @@ class ClassifierNetwork(nn.Module):
     def __init__(
         self, name: str, model: nn.Module, spec: BackboneSpec, head: str, weights_source: str
     ) -> None:
-        super().__init__()
-        self.name = name
-        self.model = model
-        self.spec = spec
+        super().__init__(name, model, spec, weights_source)
         self.head = head
-        self.weights_source = weights_source
-
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        return self.spec.mean
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        return self.spec.std
 
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         # Channels-last roughly halves the CPU time of depthwise convolutions (MobileNet,
@@ -248,16 +246,6 @@ class ClassifierNetwork(nn.Module):
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.defect_log_odds(self.features(batch))
-
-    def weights_sha256(self) -> str:
-        """Fingerprint of the (fine-tuned) weights, checked when a bundle is loaded."""
-        import hashlib
-
-        digest = hashlib.sha256()
-        for key, tensor in self.model.state_dict().items():
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
 
 
 def _n_outputs(head: str) -> int:
@@ -382,29 +370,11 @@ class SupervisedClassifier(AnomalyModel):
         seed: int = 0,
         progress: bool = True,
     ) -> None:
-        super().__init__(
-            backbone=network or backbone,
-            layers=layers,
-            weights=weights,
-            image_size=input_size or image_size,
-            blur_sigma=blur_sigma,
-            batch_size=batch_size,
-            num_threads=num_threads,
-            seed=seed,
-            progress=progress,
-        )
-        self.network = network
-        self.input_size = input_size
-        self.head = head
-        self.imbalance = imbalance
-        self.epochs = epochs
-        self.patience = patience
-        self.stop_false_alarm_rate = stop_false_alarm_rate
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.train_batch_size = train_batch_size
-        self.augment = augment
-        self.max_rotation = max_rotation
+        self._store_params(locals())
+        # ``baseline.network``/``input_size`` win over the shared keys, which describe the
+        # unsupervised models' backbone (see the class docstring).
+        self.backbone = network or backbone
+        self.image_size = input_size or image_size
 
     def _check_params(self) -> None:
         super()._check_params()
@@ -459,24 +429,24 @@ class SupervisedClassifier(AnomalyModel):
                 f"{int((y == 0).sum())} good and {int((y == 1).sum())} defect"
             )
         self._check_params()
-        set_num_threads(self.num_threads)
-        torch.manual_seed(self.seed)
-        started = time.perf_counter()
-        cpu_started = _cpu_seconds()
-        network, self.initialisation_ = build_network(self.backbone, self.weights, self.head)
-        train_x = self._cache(images, "baseline: loading train")
-        if validation is not None:
-            val_images, val_labels = list(validation[0]), np.asarray(validation[1], dtype=int)
-            if len(val_images) != val_labels.size:
-                raise DataError(
-                    f"validation has {len(val_images)} images but {val_labels.size} labels"
-                )
-            val_x = self._cache(val_images, "baseline: loading val") if val_images else None
-        else:
-            val_x, val_labels = None, np.empty(0, dtype=int)
-        if val_x is None:
-            logger.warning("baseline: no validation images; no early stopping, last epoch kept")
-        history = self._train(network, train_x, y, val_x, val_labels)
+        with limited_threads(self.num_threads):
+            torch.manual_seed(self.seed)
+            started = time.perf_counter()
+            cpu_started = _cpu_seconds()
+            network, self.initialisation_ = build_network(self.backbone, self.weights, self.head)
+            train_x = self._cache(images, "baseline: loading train")
+            if validation is not None:
+                val_images, val_labels = list(validation[0]), np.asarray(validation[1], dtype=int)
+                if len(val_images) != val_labels.size:
+                    raise DataError(
+                        f"validation has {len(val_images)} images but {val_labels.size} labels"
+                    )
+                val_x = self._cache(val_images, "baseline: loading val") if val_images else None
+            else:
+                val_x, val_labels = None, np.empty(0, dtype=int)
+            if val_x is None:
+                logger.warning("baseline: no validation images; no early stopping, last epoch kept")
+            history = self._train(network, train_x, y, val_x, val_labels)
         network.eval()
         for parameter in network.parameters():
             parameter.requires_grad_(False)
@@ -508,6 +478,33 @@ class SupervisedClassifier(AnomalyModel):
             self.fit_cpu_seconds_,
         )
         return self
+
+    def fit_samples(
+        self,
+        train: Sequence[Sample],
+        validation: Sequence[Sample],
+        max_good_images: int | None = None,
+        subset_seed: int = 0,
+    ) -> SupervisedClassifier:
+        """Fine-tune on every labelled sample of ``train`` (good and defect, in dataset order),
+        watching ``validation`` for early stopping; returns ``self``.
+
+        ``max_good_images`` and ``subset_seed`` are ignored: the baseline learns from the whole
+        train split, as its class weights and the comparison with the unsupervised models
+        assume.
+        """
+        n_defect = sum(sample.label for sample in train)
+        logger.info(
+            "fitting %s on %d good and %d defect images",
+            self.model_name,
+            len(train) - n_defect,
+            n_defect,
+        )
+        return self.fit(
+            [sample.path for sample in train],
+            [sample.label for sample in train],
+            validation=([s.path for s in validation], [s.label for s in validation]),
+        )
 
     def _cache(self, images: list[ImageInput], desc: str) -> np.ndarray:
         """Decode and resize every image once: ``(N, S, S, 3)`` uint8, as preprocess does."""
@@ -691,11 +688,11 @@ class SupervisedClassifier(AnomalyModel):
         Overrides the base class, whose feature pass runs under ``torch.inference_mode`` and so
         could not take the gradient Grad-CAM needs.
         """
-        self._check_fitted()
-        set_num_threads(self.num_threads)
+        self.check_is_fitted()
         network: ClassifierNetwork = self.extractor_
-        batch = preprocess(images, self.image_size, network.mean, network.std)
-        log_odds, cams = grad_cam(network, batch)
+        with limited_threads(self.num_threads):
+            batch = preprocess(images, self.image_size, network.mean, network.std)
+            log_odds, cams = grad_cam(network, batch)
         # float64 sigmoid: probabilities stay distinct up to log-odds of about 36, so ranking
         # and thresholds are not lost to rounding at 1.0.
         scores = 1.0 / (1.0 + np.exp(-log_odds))
@@ -737,6 +734,12 @@ class SupervisedClassifier(AnomalyModel):
             "epochs_run": self.epochs_run_,
         }
 
+    def summary_lines(self) -> list[str]:
+        return [
+            f"initialisation: {self.initialisation_}; {self.n_train_defects_} labelled train "
+            f"defects; best epoch {self.best_epoch_} of {self.epochs_run_}"
+        ]
+
     def state_tensors(self) -> dict[str, np.ndarray]:
         tensors = {
             WEIGHT_PREFIX + key: value.detach().cpu().contiguous().numpy()
@@ -749,13 +752,21 @@ class SupervisedClassifier(AnomalyModel):
         return tensors
 
     def load_state(self, tensors: dict[str, np.ndarray], bundle_dir: Path) -> None:
-        where = bundle_dir / "model.safetensors"
-        if INFO_KEY not in tensors:
-            raise BundleError(f"{where}: no {INFO_KEY}; not a baseline bundle")
-        try:
-            info = json.loads(bytes(tensors[INFO_KEY].astype(np.uint8)).decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise BundleError(f"{where}: {INFO_KEY} is not valid JSON ({error})") from error
+        info = _training_info(tensors, bundle_dir)
+        self.initialisation_ = info["initialisation"]
+        self.n_train_good_ = info["n_train_good"]
+        self.n_train_defects_ = info["n_train_defects"]
+        self.class_weights_ = info["class_weights"]
+        self.best_epoch_ = info["best_epoch"]
+        self.epochs_run_ = info["epochs_run"]
+        self.fit_cpu_seconds_ = info.get("fit_cpu_seconds", float("nan"))
+        self.history_ = info["history"]
+
+    def _restore_extractor(
+        self, tensors: dict[str, np.ndarray], bundle_dir: Path
+    ) -> ClassifierNetwork:
+        """The fine-tuned network, rebuilt from the bundle's weights (nothing downloaded)."""
+        info = _training_info(tensors, bundle_dir)
         network = empty_network(self.backbone, self.head, info.get("weights_source", "bundle"))
         state = {
             key[len(WEIGHT_PREFIX) :]: torch.from_numpy(np.ascontiguousarray(value))
@@ -767,25 +778,21 @@ class SupervisedClassifier(AnomalyModel):
         except RuntimeError as error:
             first = str(error).splitlines()[0]
             raise BundleError(
-                f"{where}: weights do not fit {self.backbone} with a {self.head} head ({first})"
+                f"{bundle_dir / TENSORS}: weights do not fit {self.backbone} with a "
+                f"{self.head} head ({first})"
             ) from error
         network.eval()
         for parameter in network.parameters():
             parameter.requires_grad_(False)
-        self._loaded_network = network
-        self.initialisation_ = info["initialisation"]
-        self.n_train_good_ = info["n_train_good"]
-        self.n_train_defects_ = info["n_train_defects"]
-        self.class_weights_ = info["class_weights"]
-        self.best_epoch_ = info["best_epoch"]
-        self.epochs_run_ = info["epochs_run"]
-        self.fit_cpu_seconds_ = info.get("fit_cpu_seconds", float("nan"))
-        self.history_ = info["history"]
-
-    def _make_extractor(self) -> ClassifierNetwork:  # type: ignore[override]
-        # load_bundle calls this after load_state: the "extractor" is the fine-tuned network
-        # itself, whose weight fingerprint the bundle checks.
-        network = getattr(self, "_loaded_network", None)
-        if network is None:
-            raise BundleError("the baseline's network is built by fit() or load_state()")
         return network
+
+
+def _training_info(tensors: dict[str, np.ndarray], bundle_dir: Path) -> dict[str, Any]:
+    """The training record a baseline bundle keeps under :data:`INFO_KEY` (JSON, never pickle)."""
+    where = bundle_dir / TENSORS
+    if INFO_KEY not in tensors:
+        raise BundleError(f"{where}: no {INFO_KEY}; not a baseline bundle")
+    try:
+        return json.loads(bytes(tensors[INFO_KEY].astype(np.uint8)).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{where}: {INFO_KEY} is not valid JSON ({error})") from error

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -333,3 +335,41 @@ def test_cli_fit_and_score_write_heatmaps(tmp_path: Path, capsys) -> None:
     rows = (out / "scores.csv").read_text().splitlines()
     n_rejected = sum(",NG," in row for row in rows)
     assert len(list((out / "heatmaps").glob("*.png"))) == n_rejected
+
+
+def test_fit_samples_learns_from_every_labelled_train_sample_in_order(monkeypatch) -> None:
+    from anomaly.data.dataset import Sample
+
+    def sample(i: int, label: int, split: str) -> Sample:
+        return Sample(f"{split}{i}.png", label, "crack" if label else "good", split)
+
+    train = [sample(i, label, "train") for i, label in enumerate([0, 1, 0, 0, 1])]
+    val = [sample(i, label, "val") for i, label in enumerate([1, 0])]
+    calls = []
+    monkeypatch.setattr(
+        SupervisedClassifier, "fit", lambda self, *args, **kwargs: calls.append((args, kwargs))
+    )
+    # The cap on good images is for unsupervised models: the baseline keeps the whole split.
+    _tiny().fit_samples(train, val, max_good_images=1, subset_seed=3)
+    ((paths, labels), kwargs) = calls[0]
+    assert paths == [s.path for s in train] and labels == [0, 1, 0, 0, 1]
+    assert kwargs == {"validation": ([s.path for s in val], [1, 0])}
+
+
+def test_threads_are_put_back_after_fit_and_scoring() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        images, labels = _data(6, 4, seed=0)
+        model = _tiny(epochs=1, num_threads=1).fit(images, labels)
+        assert torch.get_num_threads() == 2
+        model.score_arrays(images[:2])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_docstrings_state_the_default_number_of_epochs() -> None:
+    default = inspect.signature(SupervisedClassifier).parameters["epochs"].default
+    stated = re.findall(r"(\d+) epochs", classifier_module.__doc__ or "")
+    assert stated and {int(n) for n in stated} == {default}

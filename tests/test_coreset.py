@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from anomaly.components.coreset import StreamingCoreset, coreset_indices, greedy_kcenter
+from anomaly.components.coreset import StreamingCoreset, greedy_kcenter
 
 
 def _clusters(centres: np.ndarray, per_cluster: int, seed: int = 0) -> torch.Tensor:
@@ -19,6 +19,13 @@ def _covering_radius(points: np.ndarray, centres: np.ndarray) -> float:
     return float(distances.min(axis=1).max())
 
 
+def _one_pass(points: torch.Tensor, ratio: float, projection_dim: int, seed: int = 0) -> np.ndarray:
+    """The bank PatchCore keeps when all patches come in one chunk: the paper's global pass."""
+    coreset = StreamingCoreset(ratio, projection_dim=projection_dim, seed=seed)
+    coreset.add(points)
+    return coreset.bank().numpy()
+
+
 def test_greedy_picks_one_point_in_each_far_cluster():
     centres = np.eye(6, 16, dtype=np.float32) * 10
     points = _clusters(centres, per_cluster=50)
@@ -29,9 +36,9 @@ def test_greedy_picks_one_point_in_each_far_cluster():
 def test_greedy_covers_better_than_random_sampling():
     rng = np.random.default_rng(1)
     points = rng.standard_normal((2000, 8)).astype(np.float32) ** 3  # heavy tails
-    chosen = coreset_indices(torch.from_numpy(points), ratio=0.02, projection_dim=8)
-    random = rng.choice(len(points), size=len(chosen), replace=False)
-    assert _covering_radius(points, points[chosen]) < _covering_radius(points, points[random])
+    bank = _one_pass(torch.from_numpy(points), ratio=0.02, projection_dim=8)
+    random = rng.choice(len(points), size=len(bank), replace=False)
+    assert _covering_radius(points, bank) < _covering_radius(points, points[random])
 
 
 def test_streaming_does_not_spend_picks_on_patterns_already_covered():
@@ -52,7 +59,9 @@ def test_coreset_is_deterministic_for_a_seed():
     points = torch.from_numpy(
         np.random.default_rng(3).standard_normal((500, 32)).astype(np.float32)
     )
-    a = coreset_indices(points, 0.1, projection_dim=8, seed=7)
-    b = coreset_indices(points, 0.1, projection_dim=8, seed=7)
+    a = _one_pass(points, 0.1, projection_dim=8, seed=7)
+    b = _one_pass(points, 0.1, projection_dim=8, seed=7)
     assert np.array_equal(a, b)
-    assert len(set(a)) == len(a) == 50
+    assert len(np.unique(a, axis=0)) == len(a) == 50
+    other = _one_pass(points, 0.1, projection_dim=8, seed=8)
+    assert not np.array_equal(a, other)  # the seed decides the start and the projection

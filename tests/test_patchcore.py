@@ -7,13 +7,15 @@ import pickle
 import re
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
+import torch
 from conftest import textured_part, with_defect
 
 from anomaly.artifacts.bundle import load_bundle, save_bundle
 from anomaly.errors import BundleError, DataError, NotFittedError
-from anomaly.models import PatchCore
+from anomaly.models import PatchCore, Prediction
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +185,78 @@ def test_partial_fit_refuses_an_unfitted_model_and_no_images(fitted):
         PatchCore(progress=False).partial_fit([np.zeros((64, 64, 3), np.uint8)])
     with pytest.raises(DataError, match="at least one good image"):
         fitted.partial_fit([])
+
+
+def test_hnsw_bank_round_trip_through_a_bundle_gives_identical_scores(images, tmp_path):
+    train, good, defects, _ = images
+    model = PatchCore(image_size=64, coreset_ratio=0.25, index="hnsw", progress=False)
+    model.fit(train)
+    loaded = load_bundle(save_bundle(model, tmp_path / "model"))
+    assert loaded.index == "hnsw" and loaded.memory_bank_.index_type == "hnsw"
+    assert loaded.memory_bank_.size == model.memory_bank_.size
+    np.testing.assert_array_equal(
+        loaded.predict(good + defects).scores, model.predict(good + defects).scores
+    )
+
+
+# --------------------------------------------------------------------------- threads
+@pytest.fixture
+def two_threads():
+    """torch and faiss at 2 threads for the test; the previous settings are put back."""
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(2)
+    faiss.omp_set_num_threads(2)
+    yield
+    torch.set_num_threads(before[0])
+    faiss.omp_set_num_threads(before[1])
+
+
+def test_threads_are_limited_during_fit_and_scoring_only(images, two_threads, monkeypatch):
+    train, good, _, _ = images
+    seen: list[int] = []
+    original = PatchCore._score_batch
+
+    def spy(self, feature_maps):
+        seen.append(torch.get_num_threads())
+        return original(self, feature_maps)
+
+    monkeypatch.setattr(PatchCore, "_score_batch", spy)
+    model = PatchCore(image_size=64, coreset_ratio=0.25, num_threads=1, progress=False)
+    model.fit(train[:3])
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (2, 2)
+    model.score_arrays(good[:2])
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (2, 2)
+    model.partial_fit(train[3:4])
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (2, 2)
+    assert seen == [1]  # the scoring itself ran on the model's one thread
+
+
+# --------------------------------------------------------------------------- contract
+def test_verdicts_use_the_one_decision_rule(monkeypatch):
+    from anomaly.decision import verdict
+
+    prediction = Prediction(scores=np.array([1.0, 2.0]), anomaly_maps=[], threshold=2.0)
+    assert prediction.verdicts == ["OK", "NG"]
+    # A different rule in anomaly.decision.verdict must change every verdict with it.
+    monkeypatch.setattr(verdict, "is_anomalous", lambda scores, threshold: scores > threshold)
+    assert prediction.verdicts == ["OK", "OK"]
+    assert prediction.is_anomalous.tolist() == [False, False]
+
+
+def test_fit_samples_learns_from_the_good_train_samples_only(monkeypatch):
+    from anomaly.data.dataset import Sample
+
+    train = [
+        Sample(f"{i}.png", label, "good" if label == 0 else "crack", "train")
+        for i, label in enumerate([0, 1, 0, 0, 1, 0, 0])
+    ]
+    seen: list[list[Path]] = []
+    monkeypatch.setattr(PatchCore, "fit", lambda self, paths: seen.append(list(paths)) or self)
+    model = PatchCore()
+    model.fit_samples(train, validation=[])
+    model.fit_samples(train, validation=[], max_good_images=3, subset_seed=4)
+    good = [s.path for s in train if s.label == 0]
+    assert seen[0] == good
+    # The seeded subset ``anomaly fit`` has always drawn (data.max_train_images, data.seed).
+    keep = np.random.default_rng(4).choice(len(good), size=3, replace=False)
+    assert seen[1] == [good[i] for i in sorted(keep)]

@@ -59,7 +59,7 @@ class BrightestPixel:
             scores_defect=[number(2.5)],
         )
 
-    def _check_fitted(self) -> None:
+    def check_is_fitted(self) -> None:
         pass
 
     def score_arrays(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:

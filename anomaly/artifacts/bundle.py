@@ -9,12 +9,18 @@ Layout::
                                   evaluation, and the SHA-256 of every other file
 
 No file is ever unpickled. Loading refuses a bundle with missing, extra or altered files, a
+file that starts like a pickle or a zip archive (the container of torch checkpoints), a
 metadata file whose own checksum does not match (an edited threshold, say), or backbone weights
 other than the ones the model was fitted with. The checksums catch corruption and accidental
 edits; they are not a signature against a deliberate forger.
 
-Saving writes into a temporary sibling directory and renames it into place, so a crash leaves
-the previous bundle (or none), never half of one.
+This module verifies and moves files; what goes into them and how a model is rebuilt from them
+is the model's own business (:meth:`~anomaly.models.base.AnomalyModel.bundle_metadata`,
+:meth:`~anomaly.models.base.AnomalyModel.from_bundle`).
+
+Saving writes into a staging sibling directory (:func:`anomaly.io.files.make_staging_dir`: the
+usual directory mode, umask honoured) and swaps it into place, so a crash leaves the previous
+bundle (or none), never half of one.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +41,15 @@ from omegaconf.errors import OmegaConfBaseException
 from safetensors.numpy import load_file, save_file
 
 from anomaly import __version__
-from anomaly.decision.calibration import Calibration
 from anomaly.errors import BundleError
+from anomaly.io.files import (
+    file_mode,
+    file_sha256,
+    fsync_file,
+    make_staging_dir,
+    replace_directory,
+)
+from anomaly.io.jsonio import json_default
 from anomaly.models import model_class, model_names
 from anomaly.models.base import AnomalyModel
 
@@ -49,6 +61,8 @@ METADATA = "metadata.json"
 CONFIG = "config.yaml"
 TENSORS = "model.safetensors"
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib", ".npy", ".npz")
+#: Local file header of a zip archive; ``torch.save`` writes its checkpoints as zip archives.
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def save_bundle(
@@ -57,41 +71,36 @@ def save_bundle(
     config_yaml: str = "",
     extra_metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` as a bundle directory at ``path`` (replacing an existing one atomically)."""
-    model._check_fitted()
+    """Write ``model`` as a bundle directory at ``path`` (replacing an existing one atomically).
+
+    The directory and its files get the usual modes (``0777``/``0666`` less the umask).
+    """
+    model.check_is_fitted()
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    if target.exists() and not target.is_dir():
+        raise BundleError(f"{target}: exists and is not a bundle directory; not overwriting it")
+    staging = make_staging_dir(target)
     try:
         (staging / CONFIG).write_text(config_yaml or "# fitted from the Python API\n")
         tensors = {k: np.ascontiguousarray(v) for k, v in model.state_tensors().items()}
         save_file(tensors, str(staging / TENSORS))
         model.write_extra_files(staging)
         files = sorted(p.name for p in staging.iterdir())
-        calibration = getattr(model, "calibration_", None)
         metadata: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "model": model.model_name,
-            "params": model.get_params(),
-            "backbone": {
-                "name": model.backbone,
-                "weights_source": model.extractor_.weights_source,
-                "weights_sha256": model.backbone_sha256_,
-            },
-            "training": {
-                "n_images": model.n_train_images_,
-                "fit_seconds": round(model.fit_seconds_, 3),
-            },
-            "calibration": None if calibration is None else calibration.to_dict(),
+            **model.bundle_metadata(),
             "versions": library_versions(),
             **(extra_metadata or {}),
             "files": {name: file_sha256(staging / name) for name in files},
         }
         metadata["checksum"] = _metadata_checksum(metadata)
-        (staging / METADATA).write_text(json.dumps(metadata, indent=2, default=_json_default))
+        (staging / METADATA).write_text(json.dumps(metadata, indent=2, default=json_default))
+        mode = file_mode()
         for file in staging.iterdir():
-            _fsync(file)
+            # safetensors creates its file 0600 (like mkstemp); every file gets the usual mode.
+            os.chmod(file, mode)
+            fsync_file(file)
         replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -136,8 +145,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             raise BundleError(f"{file}: missing from the bundle")
         if file_sha256(file) != digest:
             raise BundleError(f"{file}: contents changed after saving (checksum mismatch)")
-        if _looks_pickled(file):
-            raise BundleError(f"{file}: holds pickle data, which is never loaded")
+        unsafe = _unsafe_format(file)
+        if unsafe is not None:
+            raise BundleError(f"{file}: holds {unsafe}, which is never loaded")
     return metadata
 
 
@@ -159,90 +169,69 @@ def read_config(path: str | Path) -> DictConfig:
 
 
 def load_bundle(path: str | Path) -> AnomalyModel:
-    """Load a fitted (and usually calibrated) model from a bundle directory."""
+    """Load a fitted (and usually calibrated) model from a bundle directory.
+
+    Every file is verified first (:func:`read_metadata`); the model class registered under the
+    bundle's model name then rebuilds itself (:meth:`AnomalyModel.from_bundle`).
+    """
     bundle = Path(path)
     metadata = read_metadata(bundle)
     name = metadata.get("model")
     if name not in model_names():
         raise BundleError(f"{bundle}: unknown model {name!r} (known: {', '.join(model_names())})")
-    model = model_class(name)(**metadata["params"])
     try:
         tensors = load_file(str(bundle / TENSORS))
     except Exception as error:
         raise BundleError(f"{bundle / TENSORS}: not a readable safetensors file") from error
-    model.load_state(tensors, bundle)
-    model.extractor_ = model._make_extractor()
-    expected_weights = metadata["backbone"]["weights_sha256"]
-    if model.extractor_.weights_sha256() != expected_weights:
-        raise BundleError(
-            f"{bundle}: backbone {model.backbone} weights differ from those the model was fitted "
-            "with; scores would not be comparable"
-        )
-    model.backbone_sha256_ = expected_weights
-    model.n_train_images_ = metadata["training"]["n_images"]
-    model.fit_seconds_ = metadata["training"]["fit_seconds"]
-    calibration = metadata.get("calibration")
-    model.calibration_ = None if calibration is None else Calibration.from_dict(calibration)
-    model.metadata_ = metadata
-    return model
+    return model_class(name).from_bundle(bundle, metadata, tensors)
 
 
 def bundle_size_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
 
 
-def replace_directory(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an existing ``target`` is kept until the move succeeds."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    if not target.is_dir():
-        raise BundleError(f"{target}: exists and is not a bundle directory; not overwriting it")
-    previous = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, previous)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(previous, target)
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _metadata_checksum(metadata: dict[str, Any]) -> str:
     content = {k: v for k, v in metadata.items() if k != "checksum"}
-    text = json.dumps(content, sort_keys=True, default=_json_default)
+    text = json.dumps(content, sort_keys=True, default=json_default)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _looks_pickled(path: Path) -> bool:
-    # Protocol 2+ pickles start with 0x80 then the protocol number; torch zip checkpoints with PK.
+def _unsafe_format(path: Path) -> str | None:
+    """What ``path`` holds when its first bytes are those of a format that can run code.
+
+    Checked: a pickle of protocol 2 to 5 (byte ``0x80`` then the protocol number; protocols 0
+    and 1 have no signature to check) and a zip archive (``PK\\x03\\x04``, the container
+    ``torch.save`` writes its checkpoints in). ``None`` for anything else, and for a
+    well-formed safetensors file whatever its first bytes: they are the little-endian length of
+    its JSON header, which can happen to read as a pickle's (a 640-byte header starts ``0x80
+    0x02``).
+    """
+    if path.suffix == ".safetensors" and _is_safetensors(path):
+        return None
     with path.open("rb") as handle:
-        head = handle.read(2)
-    return len(head) == 2 and head[0] == 0x80 and head[1] in range(2, 6)
+        head = handle.read(len(_ZIP_MAGIC))
+    if len(head) >= 2 and head[0] == 0x80 and head[1] in range(2, 6):
+        return "pickle data"
+    if head == _ZIP_MAGIC:
+        return "a zip archive (the format of torch checkpoints)"
+    return None
 
 
-def _fsync(path: Path) -> None:
+def _is_safetensors(path: Path) -> bool:
+    """Whether ``path`` has safetensors' structure: a u64 header length, then a JSON object."""
+    size = path.stat().st_size
     with path.open("rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return False
+        header_length = int.from_bytes(prefix, "little")
+        if header_length < 2 or 8 + header_length > size:
+            return False
+        header = handle.read(header_length)
+    try:
+        return isinstance(json.loads(header), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
 def library_versions() -> dict[str, str]:

@@ -436,11 +436,7 @@ def learning_curve(
         try:
             started = time.perf_counter()
             model = build_model(fit_config)
-            model.fit(
-                [s.path for s in chosen],
-                [s.label for s in chosen],
-                validation=([s.path for s in val], [s.label for s in val]),
-            )
+            model.fit_samples(chosen, val)
             val_scores = calibrate_on_validation(model, val, config.calibration)
             seconds = time.perf_counter() - started - val_scores.seconds
             figures = split_metrics(

@@ -10,27 +10,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly.artifacts.bundle import (
-    bundle_size_bytes,
-    file_sha256,
-    load_bundle,
-    replace_directory,
-    save_bundle,
-)
+from anomaly.artifacts.bundle import bundle_size_bytes, load_bundle, read_config, save_bundle
 from anomaly.commands.score import collect_files
 from anomaly.config import to_yaml
 from anomaly.data import load_dataset
 from anomaly.data.dataset import Dataset, Sample
-from anomaly.errors import AnomalyError, DataError
+from anomaly.errors import AnomalyError, BundleError, DataError
 from anomaly.evaluation.split import (
     SplitScores,
     score_split,
     split_fingerprint,
     split_metrics,
 )
+from anomaly.io.files import file_sha256, make_staging_dir, replace_directory
 from anomaly.io.images import load_image
 from anomaly.models import model_class
 from anomaly.models.base import AnomalyModel
@@ -56,17 +50,6 @@ def build_model(config: DictConfig) -> AnomalyModel:
     )
 
 
-def training_samples(dataset: Dataset, max_images: int | None, seed: int) -> list[Sample]:
-    """Good training images, optionally a seeded random subset of ``max_images``."""
-    good = dataset.select("train", label=0)
-    if not good:
-        raise DataError(f"category {dataset.name!r} has no good training images")
-    if max_images is not None and max_images < len(good):
-        keep = np.random.default_rng(seed).choice(len(good), size=max_images, replace=False)
-        good = [good[i] for i in sorted(keep)]
-    return good
-
-
 @dataclass
 class FitResult:
     model: AnomalyModel
@@ -82,13 +65,7 @@ class FitResult:
             f"{s['model']} on {s['category']}: {s['n_train_images']} {kind} training images, "
             f"fit {s['fit_seconds']:.1f} s",
         ]
-        if "memory_bank_size" in s:
-            lines.append(f"memory bank: {s['memory_bank_size']} patches of {s['feature_dim']} dims")
-        if "best_epoch" in s:
-            lines.append(
-                f"initialisation: {s['initialisation']}; {s['n_train_defects']} labelled "
-                f"train defects; best epoch {s['best_epoch']} of {s['epochs_run']}"
-            )
+        lines.extend(self.model.summary_lines())
         lines.append(f"calibration: {cal.summary()}")
         if not cal.target_supported:
             lines.append(f"  note: {cal.note}")
@@ -117,35 +94,22 @@ def fit_category(config: DictConfig) -> FitResult:
     """Fit, calibrate, test and save the model ``config`` describes; returns the summary."""
     dataset = load_dataset(config)
     model = build_model(config)
-    train = training_samples(dataset, config.data.max_train_images, config.data.seed)
+    if not dataset.select("train", label=0):
+        raise DataError(f"category {dataset.name!r} has no good training images")
     val = dataset.select("val")
     if not val:
         raise DataError(f"category {dataset.name!r} has no validation images to calibrate on")
     started = time.perf_counter()
-    if model.supervised:
-        # A supervised baseline learns from both classes of the same train split and watches
-        # the same validation split for early stopping.
-        labelled = dataset.select("train")
-        n_defect = sum(s.label for s in labelled)
-        logger.info(
-            "fitting %s on %d good and %d defect images of %s",
-            model.model_name,
-            len(labelled) - n_defect,
-            n_defect,
-            dataset.name,
-        )
-        model.fit(
-            [s.path for s in labelled],
-            [s.label for s in labelled],
-            validation=([s.path for s in val], [s.label for s in val]),
-        )
-        train = labelled
-    else:
-        logger.info(
-            "fitting %s on %d good images of %s", model.model_name, len(train), dataset.name
-        )
-        model.fit([s.path for s in train])
-    return _calibrate_test_save(model, config, dataset, len(train), started)
+    logger.info("fitting %s on category %s", model.model_name, dataset.name)
+    # The model picks what it learns from: the good train images (data.max_train_images caps
+    # them) or, for a supervised model, every labelled train image with validation to stop on.
+    model.fit_samples(
+        dataset.select("train"),
+        val,
+        max_good_images=config.data.max_train_images,
+        subset_seed=config.data.seed,
+    )
+    return _calibrate_test_save(model, config, dataset, started)
 
 
 def calibrate_on_validation(
@@ -169,7 +133,6 @@ def _calibrate_test_save(
     model: AnomalyModel,
     config: DictConfig,
     dataset: Dataset,
-    n_train_images: int,
     started: float,
     history: dict[str, Any] | None = None,
 ) -> FitResult:
@@ -198,7 +161,7 @@ def _calibrate_test_save(
     summary: dict[str, Any] = {
         "model": model.model_name,
         "category": dataset.name,
-        "n_train_images": n_train_images,
+        "n_train_images": model.n_train_images_,
         "fit_seconds": round(fit_seconds, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "test": test_metrics,
@@ -225,7 +188,7 @@ def add_good_images(
     bundle_dir = Path(bundle_dir)
     model = load_bundle(bundle_dir)
     model.check_can_add_images()
-    config = OmegaConf.load(bundle_dir / "config.yaml")
+    config = read_config(bundle_dir)
     if runtime is not None:
         config.runtime = OmegaConf.merge(config.runtime, runtime)
     model.set_runtime(
@@ -264,15 +227,23 @@ def add_good_images(
     target = Path(config.out)
     if target.exists():
         _keep_previous(target)
-    result = _calibrate_test_save(
-        model, config, dataset, model.n_train_images_, started, {"added_images": added}
-    )
+    result = _calibrate_test_save(model, config, dataset, started, {"added_images": added})
     return result, skipped
 
 
 def _keep_previous(bundle: Path) -> None:
-    """Copy ``bundle`` to ``<bundle>.previous`` (replacing an older copy) before it is replaced."""
-    staging = bundle.with_name(bundle.name + ".previous.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(bundle, staging)
-    replace_directory(staging, bundle.with_name(bundle.name + ".previous"))
+    """Copy ``bundle`` to ``<bundle>.previous`` (replacing an older copy) before it is replaced.
+
+    The copy is built in a staging directory and swapped in whole, so a crash leaves the older
+    copy or the new one, never a mix.
+    """
+    previous = bundle.with_name(bundle.name + ".previous")
+    if previous.exists() and not previous.is_dir():
+        raise BundleError(f"{previous}: exists and is not a bundle directory; not overwriting it")
+    staging = make_staging_dir(previous)
+    try:
+        shutil.copytree(bundle, staging, dirs_exist_ok=True)
+        replace_directory(staging, previous)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -97,7 +97,7 @@ def score_paths(
     ``ground_truth`` optionally maps file paths to dataset samples, whose label, defect type and
     mask are copied into the CSV (for reports and evaluation).
     """
-    model._check_fitted()
+    model.check_is_fitted()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files, rows = collect_files(paths)

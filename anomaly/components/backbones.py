@@ -109,26 +109,20 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-class FeatureExtractor(nn.Module):
-    """Frozen backbone returning the feature maps of the requested stages.
+class BackboneNetwork(nn.Module):
+    """A timm network with its :class:`BackboneSpec`: the input normalisation it expects and a
+    fingerprint of its weights.
 
-    ``forward(images)`` takes a normalised float batch ``(B, 3, H, W)`` and returns one tensor
-    ``(B, C_i, H / r_i, W / r_i)`` per stage in ``layers``.
+    The frozen :class:`FeatureExtractor` and the supervised baseline's fine-tuned classifier
+    are both one, so images are normalised and weights fingerprinted the same way for both.
     """
 
-    def __init__(
-        self, name: str, model: nn.Module, spec: BackboneSpec, layers: tuple[int, ...], source: str
-    ) -> None:
+    def __init__(self, name: str, model: nn.Module, spec: BackboneSpec, source: str) -> None:
         super().__init__()
         self.name = name
-        self.model = model.eval()
+        self.model = model
         self.spec = spec
-        self.layers = layers
         self.weights_source = source
-        self.channels: list[int] = list(model.feature_info.channels())
-        self.reductions: list[int] = list(model.feature_info.reduction())
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(False)
 
     @property
     def mean(self) -> tuple[float, float, float]:
@@ -145,6 +139,24 @@ class FeatureExtractor(nn.Module):
             digest.update(key.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
+
+
+class FeatureExtractor(BackboneNetwork):
+    """Frozen backbone returning the feature maps of the requested stages.
+
+    ``forward(images)`` takes a normalised float batch ``(B, 3, H, W)`` and returns one tensor
+    ``(B, C_i, H / r_i, W / r_i)`` per stage in ``layers``.
+    """
+
+    def __init__(
+        self, name: str, model: nn.Module, spec: BackboneSpec, layers: tuple[int, ...], source: str
+    ) -> None:
+        super().__init__(name, model.eval(), spec, source)
+        self.layers = layers
+        self.channels: list[int] = list(model.feature_info.channels())
+        self.reductions: list[int] = list(model.feature_info.reduction())
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         return list(self.model(images))

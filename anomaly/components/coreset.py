@@ -77,7 +77,8 @@ class StreamingCoreset:
     """Stream chunks of patch features through greedy k-center selection.
 
     ``add(chunk)`` takes the patch features ``(n, D)`` of a chunk of images and keeps
-    ``ceil(ratio * n)`` of them; ``bank()`` returns the kept features ``(M, D)``.
+    ``ceil(ratio * n)`` of them; ``bank()`` returns the kept features ``(M, D)``. One ``add`` of
+    every patch is the paper's single global greedy pass.
     """
 
     def __init__(self, ratio: float, projection_dim: int = 128, seed: int = 0) -> None:
@@ -135,13 +136,3 @@ class StreamingCoreset:
         if not self._kept:
             raise ValueError("no features were added to the coreset")
         return torch.cat(self._kept)
-
-
-def coreset_indices(
-    features: torch.Tensor, ratio: float, projection_dim: int = 128, seed: int = 0
-) -> np.ndarray:
-    """One global greedy pass (the paper's method) over ``features`` ``(N, D)``: indices."""
-    projection = RandomProjection(features.shape[1], projection_dim, seed)
-    n_select = max(1, int(np.ceil(ratio * features.shape[0])))
-    start = int(np.random.default_rng(seed).integers(features.shape[0]))
-    return greedy_kcenter(projection(features.float()).contiguous(), n_select, start=start)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import faiss
@@ -12,24 +11,6 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 INDEX_TYPES = ("flat", "hnsw")
-
-# Faiss's brute-force search only uses BLAS (fast) from this many queries on; below it, it
-# loops per query. Scoring therefore always sends whole batches of patches.
-_MIN_BLAS_QUERIES = 20
-
-
-def set_num_threads(num_threads: int = 0) -> int:
-    """Set torch's and faiss's thread pools explicitly; 0 = every core. Returns the count used.
-
-    Left alone, faiss's OpenMP and torch's pools each take every core and oversubscribe a small
-    machine.
-    """
-    import torch
-
-    count = num_threads if num_threads > 0 else (os.cpu_count() or 1)
-    torch.set_num_threads(count)
-    faiss.omp_set_num_threads(count)
-    return count
 
 
 class MemoryBank:

@@ -8,6 +8,11 @@ decision threshold on labelled validation images; ``predict`` gives scores, anom
 Subclasses implement three hooks on backbone feature maps: ``_fit_begin``/``_fit_batch``/
 ``_fit_end`` to learn, and ``_score_batch`` to score. Everything else (image loading, batching,
 threads, progress, calibration, maps) is here, once.
+
+A fitted model goes to disk and back through its own methods: ``state_tensors`` and
+``write_extra_files`` give what a bundle stores, ``bundle_metadata`` the model's part of its
+metadata, and the classmethod ``from_bundle`` rebuilds the fitted model from them, so
+:mod:`anomaly.artifacts.bundle` only verifies and moves files and never touches model state.
 """
 
 from __future__ import annotations
@@ -18,23 +23,29 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from anomaly.components.backbones import FeatureExtractor, create_feature_extractor
 from anomaly.components.features import extract
 from anomaly.components.maps import anomaly_map
-from anomaly.components.memory_bank import set_num_threads
+from anomaly.components.threads import limited_threads
 from anomaly.decision import calibration as calibration_module
-from anomaly.errors import DataError, NotFittedError, UnsupportedError
+from anomaly.decision import verdict as verdict_rule
+from anomaly.errors import BundleError, DataError, NotFittedError, UnsupportedError
 from anomaly.io.images import load_image
+
+if TYPE_CHECKING:
+    from anomaly.data.dataset import Sample
 
 logger = logging.getLogger(__name__)
 
 ImageInput = np.ndarray | str | Path
+_Model = TypeVar("_Model", bound="AnomalyModel")
 
 
 @dataclass
@@ -58,18 +69,17 @@ class Prediction:
 
     @property
     def is_anomalous(self) -> np.ndarray | None:
-        return None if self.threshold is None else self.scores >= self.threshold
+        """Rejected (NG) flags ``(n,)`` by :mod:`anomaly.decision.verdict`'s rule."""
+        if self.threshold is None:
+            return None
+        return verdict_rule.is_anomalous(self.scores, self.threshold)
 
     @property
     def verdicts(self) -> list[str] | None:
-        flags = self.is_anomalous
-        return None if flags is None else ["NG" if flag else "OK" for flag in flags]
-
-    def normalized_map(self, index: int) -> np.ndarray:
-        """Anomaly map of image ``index`` divided by the calibrated pixel threshold."""
-        if self.pixel_threshold is None:
-            raise NotFittedError("normalised maps need a calibrated model: call calibrate() first")
-        return self.anomaly_maps[index] / self.pixel_threshold
+        """``"OK"``/``"NG"`` per image by :mod:`anomaly.decision.verdict`'s rule."""
+        return (
+            None if self.threshold is None else verdict_rule.verdicts(self.scores, self.threshold)
+        )
 
     @property
     def map_maxima(self) -> np.ndarray:
@@ -100,15 +110,19 @@ class AnomalyModel:
         seed: int = 0,
         progress: bool = True,
     ) -> None:
-        self.backbone = backbone
-        self.layers = layers
-        self.weights = weights
-        self.image_size = image_size
-        self.blur_sigma = blur_sigma
-        self.batch_size = batch_size
-        self.num_threads = num_threads
-        self.seed = seed
-        self.progress = progress
+        self._store_params(locals())
+
+    def _store_params(self, arguments: dict[str, Any]) -> None:
+        """Store every ``__init__`` argument found in ``arguments`` under its own name.
+
+        A model's ``__init__`` lists its parameters explicitly (``get_params`` reads them from
+        the signature, as scikit-learn does) and then calls ``self._store_params(locals())``
+        as its first statement: ``__init__`` only stores, and the shared parameters are not
+        forwarded to ``super().__init__`` one by one in every model.
+        """
+        for name in self._param_names():
+            if name in arguments:
+                setattr(self, name, arguments[name])
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -143,15 +157,15 @@ class AnomalyModel:
         if not images:
             raise DataError("fit needs at least one good image; got none")
         self._check_params()
-        set_num_threads(self.num_threads)
-        torch.manual_seed(self.seed)
-        started = time.perf_counter()
-        self.extractor_ = self._make_extractor()
-        self._fit_begin(len(images))
-        for batch in self._batches(images, desc=f"{self.model_name}: features"):
-            feature_maps = extract(self.extractor_, batch, self.image_size)
-            self._fit_batch(feature_maps)
-        self._fit_end()
+        with limited_threads(self.num_threads):
+            torch.manual_seed(self.seed)
+            started = time.perf_counter()
+            self.extractor_ = self._make_extractor()
+            self._fit_begin()
+            for batch in self._batches(images, desc=f"{self.model_name}: features"):
+                feature_maps = extract(self.extractor_, batch, self.image_size)
+                self._fit_batch(feature_maps)
+            self._fit_end()
         self.n_train_images_ = len(images)
         self.fit_seconds_ = time.perf_counter() - started
         self.backbone_sha256_ = self.extractor_.weights_sha256()
@@ -160,6 +174,29 @@ class AnomalyModel:
             "%s fitted on %d images in %.1f s", self.model_name, len(images), self.fit_seconds_
         )
         return self
+
+    def fit_samples(
+        self,
+        train: Sequence[Sample],
+        validation: Sequence[Sample],
+        max_good_images: int | None = None,
+        subset_seed: int = 0,
+    ) -> AnomalyModel:
+        """Fit on a dataset's samples, as ``anomaly fit`` does; returns ``self``.
+
+        An unsupervised model learns from the good samples of ``train`` only: all of them, or
+        a random subset of ``max_good_images`` drawn with ``subset_seed`` and kept in dataset
+        order (``data.max_train_images`` and ``data.seed``). ``validation`` is not used here:
+        it is left for calibration. A model that learns from labels overrides this method.
+        """
+        good = [sample for sample in train if sample.label == 0]
+        if max_good_images is not None and max_good_images < len(good):
+            keep = np.random.default_rng(subset_seed).choice(
+                len(good), size=max_good_images, replace=False
+            )
+            good = [good[i] for i in sorted(keep)]
+        logger.info("fitting %s on %d good images", self.model_name, len(good))
+        return self.fit([sample.path for sample in good])
 
     def set_runtime(
         self,
@@ -254,7 +291,7 @@ class AnomalyModel:
     # ------------------------------------------------------------------ inference
     def predict(self, images: Sequence[ImageInput]) -> Prediction:
         """Score ``images``: image scores, anomaly maps at each image's size, verdicts."""
-        self._check_fitted()
+        self.check_is_fitted()
         images = list(images)
         scores: list[np.ndarray] = []
         maps: list[np.ndarray] = []
@@ -272,10 +309,10 @@ class AnomalyModel:
 
     def score_arrays(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Score one batch of loaded RGB images: scores ``(B,)`` and one map per image."""
-        self._check_fitted()
-        set_num_threads(self.num_threads)
-        feature_maps = extract(self.extractor_, images, self.image_size)
-        scores, patch_grids = self._score_batch(feature_maps)
+        self.check_is_fitted()
+        with limited_threads(self.num_threads):
+            feature_maps = extract(self.extractor_, images, self.image_size)
+            scores, patch_grids = self._score_batch(feature_maps)
         maps = [
             anomaly_map(grid, self.image_size, image.shape[:2], self.blur_sigma)
             for grid, image in zip(patch_grids, images, strict=True)
@@ -315,7 +352,7 @@ class AnomalyModel:
         (``None`` when not measured), ``model_memory_mb`` and ``external_weights_mb``. A model
         adds its own facts (PatchCore: ``memory_bank_size``, ``feature_dim``) by overriding.
         """
-        self._check_fitted()
+        self.check_is_fitted()
         return {
             "initialisation": self.initialisation(),
             "n_train_good": int(self.n_train_images_),
@@ -325,6 +362,83 @@ class AnomalyModel:
             "external_weights_mb": round(self.external_weights_bytes() / 2**20, 2),
         }
 
+    def summary_lines(self) -> list[str]:
+        """Lines of the model's own facts for the summary ``anomaly fit`` prints (none here)."""
+        return []
+
+    # ------------------------------------------------------------------ bundles
+    def bundle_metadata(self) -> dict[str, Any]:
+        """The model's part of a bundle's ``metadata.json``: what :meth:`from_bundle` reads.
+
+        ``model`` (registry name), ``params`` (``get_params``), ``backbone`` (name, weights
+        source and the SHA-256 of the weights the model was fitted with), ``training``
+        (``n_images``, ``fit_seconds``) and ``calibration`` (``None`` when not calibrated).
+        """
+        self.check_is_fitted()
+        calibration = getattr(self, "calibration_", None)
+        return {
+            "model": self.model_name,
+            "params": self.get_params(),
+            "backbone": {
+                "name": self.backbone,
+                "weights_source": self.extractor_.weights_source,
+                "weights_sha256": self.backbone_sha256_,
+            },
+            "training": {
+                "n_images": self.n_train_images_,
+                "fit_seconds": round(self.fit_seconds_, 3),
+            },
+            "calibration": None if calibration is None else calibration.to_dict(),
+        }
+
+    @classmethod
+    def from_bundle(
+        cls: type[_Model],
+        bundle_dir: Path,
+        metadata: dict[str, Any],
+        tensors: dict[str, np.ndarray],
+    ) -> _Model:
+        """Rebuild the fitted (and, when it was, calibrated) model a bundle holds.
+
+        :func:`anomaly.artifacts.bundle.load_bundle` calls this once it has verified every
+        file: ``metadata`` is the bundle's ``metadata.json``, ``tensors`` its safetensors
+        arrays. The model is built from the saved parameters, its learned state restored
+        (:meth:`load_state`), its network rebuilt, and the network's weights checked against
+        the fingerprint saved at fit time; the bundle's whole metadata stays in ``metadata_``.
+
+        Raises:
+            BundleError: the bundle holds another model, or the backbone weights found now
+                differ from those the model was fitted with.
+        """
+        name = metadata.get("model")
+        if name != cls.model_name:
+            raise BundleError(f"{bundle_dir}: holds a {name!r} model, not {cls.model_name!r}")
+        model = cls(**metadata["params"])
+        model.load_state(tensors, bundle_dir)
+        model.extractor_ = model._restore_extractor(tensors, bundle_dir)
+        expected_weights = metadata["backbone"]["weights_sha256"]
+        if model.extractor_.weights_sha256() != expected_weights:
+            raise BundleError(
+                f"{bundle_dir}: backbone {model.backbone} weights differ from those the model was "
+                "fitted with; scores would not be comparable"
+            )
+        model.backbone_sha256_ = expected_weights
+        model.n_train_images_ = metadata["training"]["n_images"]
+        model.fit_seconds_ = metadata["training"]["fit_seconds"]
+        calibration = metadata.get("calibration")
+        model.calibration_ = (
+            None if calibration is None else calibration_module.Calibration.from_dict(calibration)
+        )
+        model.metadata_ = metadata
+        return model
+
+    def check_is_fitted(self) -> None:
+        """Raise :class:`NotFittedError` unless the model was fitted or loaded from a bundle."""
+        if not hasattr(self, "extractor_"):
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted: call fit(good_images) or load a bundle"
+            )
+
     # ------------------------------------------------------------------ hooks
     def _check_params(self) -> None:
         if self.image_size < 32:
@@ -332,7 +446,8 @@ class AnomalyModel:
         if self.batch_size < 1:
             raise DataError(f"batch_size={self.batch_size}: must be at least 1")
 
-    def _fit_begin(self, n_images: int) -> None:
+    def _fit_begin(self) -> None:
+        """Prepare to learn; ``extractor_`` is built already."""
         raise NotImplementedError
 
     def _fit_batch(self, feature_maps: list[torch.Tensor]) -> None:
@@ -353,6 +468,14 @@ class AnomalyModel:
         """Restore learned state from the bundle (the inverse of ``state_tensors``/extra files)."""
         raise NotImplementedError
 
+    def _restore_extractor(self, tensors: dict[str, np.ndarray], bundle_dir: Path) -> nn.Module:
+        """The network of a model being loaded (:meth:`from_bundle` checks its weights).
+
+        Default: the frozen backbone, rebuilt from the parameters as ``fit`` built it. A model
+        whose network is learned and saved in the bundle rebuilds it from ``tensors``.
+        """
+        return self._make_extractor()
+
     #: Extra files (beyond the safetensors) a fitted model writes into its bundle.
     extra_files: ClassVar[tuple[str, ...]] = ()
 
@@ -368,12 +491,6 @@ class AnomalyModel:
         return create_feature_extractor(
             self.backbone, self.layers or self.default_layers, self.weights
         )
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "extractor_"):
-            raise NotFittedError(
-                f"{type(self).__name__} is not fitted: call fit(good_images) or load a bundle"
-            )
 
     def _batches(self, images: list[ImageInput], desc: str) -> Iterator[list[np.ndarray]]:
         show = self.progress and len(images) > self.batch_size

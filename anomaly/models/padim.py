@@ -96,20 +96,7 @@ class PaDiM(AnomalyModel):
         seed: int = 0,
         progress: bool = True,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            layers=layers,
-            weights=weights,
-            image_size=image_size,
-            blur_sigma=blur_sigma,
-            batch_size=batch_size,
-            num_threads=num_threads,
-            seed=seed,
-            progress=progress,
-        )
-        self.n_features = n_features
-        self.covariance_epsilon = covariance_epsilon
-        self.memory_budget_mb = memory_budget_mb
+        self._store_params(locals())
 
     def _check_params(self) -> None:
         super()._check_params()
@@ -124,7 +111,7 @@ class PaDiM(AnomalyModel):
             raise DataError(f"memory_budget_mb={self.memory_budget_mb}: must be > 0")
 
     # ------------------------------------------------------------------ fit
-    def _fit_begin(self, n_images: int) -> None:
+    def _fit_begin(self) -> None:
         channels, height, width = self._probe_grid()
         dims = self.n_features
         if dims > channels:

@@ -12,7 +12,8 @@ import torch
 
 from anomaly.components.coreset import StreamingCoreset
 from anomaly.components.features import extract, patch_features
-from anomaly.components.memory_bank import INDEX_TYPES, MemoryBank, set_num_threads
+from anomaly.components.memory_bank import INDEX_TYPES, MemoryBank
+from anomaly.components.threads import limited_threads
 from anomaly.errors import BundleError, DataError
 from anomaly.models.base import AnomalyModel, ImageInput
 
@@ -69,23 +70,7 @@ class PatchCore(AnomalyModel):
         seed: int = 0,
         progress: bool = True,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            layers=layers,
-            weights=weights,
-            image_size=image_size,
-            blur_sigma=blur_sigma,
-            batch_size=batch_size,
-            num_threads=num_threads,
-            seed=seed,
-            progress=progress,
-        )
-        self.coreset_ratio = coreset_ratio
-        self.projection_dim = projection_dim
-        self.chunk_images = chunk_images
-        self.feature_dim = feature_dim
-        self.num_neighbors = num_neighbors
-        self.index = index
+        self._store_params(locals())
 
     def _check_params(self) -> None:
         super()._check_params()
@@ -97,7 +82,7 @@ class PatchCore(AnomalyModel):
             raise DataError(f"num_neighbors={self.num_neighbors}: must be at least 1")
 
     # ------------------------------------------------------------------ fit
-    def _fit_begin(self, n_images: int) -> None:
+    def _fit_begin(self) -> None:
         self._coreset = StreamingCoreset(self.coreset_ratio, self.projection_dim, self.seed)
         self._pending: list[torch.Tensor] = []
         self._pending_images = 0
@@ -140,6 +125,9 @@ class PatchCore(AnomalyModel):
             "feature_dim": self.memory_bank_.dim,
         }
 
+    def summary_lines(self) -> list[str]:
+        return [f"memory bank: {self.memory_bank_.size} patches of {self.memory_bank_.dim} dims"]
+
     def partial_fit(self, images: Sequence[ImageInput]) -> PatchCore:
         """Add good images to the fitted memory bank without refitting; returns ``self``.
 
@@ -149,18 +137,18 @@ class PatchCore(AnomalyModel):
         would now let more defects through: the calibration is dropped, and the model must be
         calibrated again on validation images (never on the images added here).
         """
-        self._check_fitted()
+        self.check_is_fitted()
         images = list(images)
         if not images:
             raise DataError("partial_fit needs at least one good image; got none")
-        set_num_threads(self.num_threads)
         size_before = self.memory_bank_.size
-        self._fit_begin(len(images))
-        self._coreset.prime(torch.from_numpy(self.memory_bank_.all_vectors()))
-        for batch in self._batches(images, desc=f"{self.model_name}: adding"):
-            self._fit_batch(extract(self.extractor_, batch, self.image_size))
-        self._flush()
-        self.memory_bank_.add(self._coreset.bank().numpy())
+        with limited_threads(self.num_threads):
+            self._fit_begin()
+            self._coreset.prime(torch.from_numpy(self.memory_bank_.all_vectors()))
+            for batch in self._batches(images, desc=f"{self.model_name}: adding"):
+                self._fit_batch(extract(self.extractor_, batch, self.image_size))
+            self._flush()
+            self.memory_bank_.add(self._coreset.bank().numpy())
         self.n_train_patches_ = getattr(self, "n_train_patches_", 0) + self._coreset.n_seen
         self.n_train_images_ += len(images)
         del self._coreset, self._pending
@@ -178,6 +166,8 @@ class PatchCore(AnomalyModel):
         features = patch_features(feature_maps, self.feature_dim)
         batch, _, height, width = features.shape
         queries = _flatten(features).numpy()
+        # One search for every patch of the batch: faiss's exact search multiplies matrices
+        # (BLAS) only from 20 queries on and loops query by query below that.
         distances, nearest = self.memory_bank_.search(queries, k=1)
         patch_scores = distances[:, 0].reshape(batch, height * width)
         nearest = nearest[:, 0].reshape(batch, height * width)
