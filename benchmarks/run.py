@@ -12,21 +12,21 @@ memory-bank size, then writes them as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import resource
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from anomaly.artifacts.bundle import library_versions
 from anomaly.commands.fit import fit_category
 from anomaly.components.features import extract
 from anomaly.config import FitConfig, build_config
+from anomaly.io.files import write_text_atomic
 from anomaly.io.images import load_image
+from anomaly.io.jsonio import dumps
 
 
 def backbone_ms_per_image(model, paths: list[Path], repeats: int = 3) -> float:
@@ -114,14 +114,8 @@ def main() -> int:
             value = f"{value:.4f}" if value < 10 else f"{value:.1f}"
         print(f"{key:<{width}}  {value}")
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2, default=_plain))
+        write_text_atomic(args.json, dumps(figures))
     return 0
-
-
-def _plain(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
 
 
 if __name__ == "__main__":

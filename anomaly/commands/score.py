@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from anomaly.artifacts.heatmap import SCALE_MAX, overlay
 from anomaly.artifacts.rundir import (
@@ -30,6 +29,7 @@ from anomaly.artifacts.rundir import (
 from anomaly.data.dataset import Sample
 from anomaly.decision.verdict import NG, verdict
 from anomaly.errors import AnomalyError, ImageReadError
+from anomaly.io.batches import batches
 from anomaly.io.images import find_images, load_image
 from anomaly.models.base import AnomalyModel
 
@@ -104,16 +104,12 @@ def score_paths(
     run = ScoreRun(out_dir=out, rows=rows)
     calibration = getattr(model, "calibration_", None)
     started = time.perf_counter()
-    bar = tqdm(
-        total=len(files), desc="scoring", unit="img", disable=not model.progress or not files
-    )
-    with bar:
-        for start in range(0, len(files), model.batch_size):
-            batch_files = files[start : start + model.batch_size]
-            run.rows.extend(
-                _score_batch(model, batch_files, start, out, heatmaps, calibration, ground_truth)
-            )
-            bar.update(len(batch_files))
+    start = 0
+    for batch_files in batches(files, model.batch_size, "scoring", model.progress):
+        run.rows.extend(
+            _score_batch(model, batch_files, start, out, heatmaps, calibration, ground_truth)
+        )
+        start += len(batch_files)
     run.seconds = time.perf_counter() - started
     info = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 from anomaly.data.dataset import Sample
 from anomaly.errors import AnomalyError, DataError
 from anomaly.evaluation import metrics
+from anomaly.io.batches import batches
 from anomaly.io.images import load_image, load_mask
 from anomaly.models.base import AnomalyModel
 
@@ -89,7 +90,8 @@ def score_split(model: AnomalyModel, samples: Sequence[Sample]) -> SplitScores:
     mask_errors: list[str] = []
     model_seconds = 0.0
     started = time.perf_counter()
-    for batch_samples, batch in _batches(model, samples):
+    for batch_samples in batches(samples, model.batch_size, "evaluating", model.progress):
+        batch = [load_image(s.path) for s in batch_samples]
         model_started = time.perf_counter()
         batch_scores, batch_maps = model.score_arrays(batch)
         model_seconds += time.perf_counter() - model_started
@@ -204,20 +206,6 @@ def per_defect_type(
             )
         result[group] = entry
     return result
-
-
-def _batches(
-    model: AnomalyModel, samples: list[Sample]
-) -> Iterator[tuple[list[Sample], list[np.ndarray]]]:
-    from tqdm.auto import tqdm
-
-    show = model.progress and len(samples) > model.batch_size
-    bar = tqdm(total=len(samples), desc="evaluating", unit="img", disable=not show, leave=False)
-    with bar:
-        for start in range(0, len(samples), model.batch_size):
-            chunk = samples[start : start + model.batch_size]
-            yield chunk, [load_image(s.path) for s in chunk]
-            bar.update(len(chunk))
 
 
 def _downsize(anomaly_map: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

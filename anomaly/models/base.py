@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from anomaly.components.backbones import FeatureExtractor, create_feature_extractor
 from anomaly.components.features import extract
@@ -37,6 +36,7 @@ from anomaly.components.threads import limited_threads
 from anomaly.decision import calibration as calibration_module
 from anomaly.decision import verdict as verdict_rule
 from anomaly.errors import BundleError, DataError, NotFittedError, UnsupportedError
+from anomaly.io.batches import batches
 from anomaly.io.images import load_image
 
 if TYPE_CHECKING:
@@ -493,12 +493,8 @@ class AnomalyModel:
         )
 
     def _batches(self, images: list[ImageInput], desc: str) -> Iterator[list[np.ndarray]]:
-        show = self.progress and len(images) > self.batch_size
-        with tqdm(total=len(images), desc=desc, unit="img", disable=not show, leave=False) as bar:
-            for start in range(0, len(images), self.batch_size):
-                chunk = images[start : start + self.batch_size]
-                yield [_as_array(image) for image in chunk]
-                bar.update(len(chunk))
+        for chunk in batches(images, self.batch_size, desc, self.progress):
+            yield [_as_array(image) for image in chunk]
 
 
 def _as_array(image: ImageInput) -> np.ndarray:

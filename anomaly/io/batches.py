@@ -1,0 +1,29 @@
+"""The one batching loop: inputs in fixed-size chunks, counted on a progress bar.
+
+Fitting, scoring a labelled split and scoring a run all go through it, so they batch and
+report progress alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+Item = TypeVar("Item")
+
+
+def batches(
+    items: Sequence[Item], batch_size: int, desc: str, progress: bool = True
+) -> Iterator[list[Item]]:
+    """``items`` in chunks of ``batch_size``; a progress bar counts them when ``progress`` is
+    on and there is more than one chunk (one chunk finishes before a bar would say anything)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be at least 1")
+    show = progress and len(items) > batch_size
+    with tqdm(total=len(items), desc=desc, unit="img", disable=not show, leave=False) as bar:
+        for start in range(0, len(items), batch_size):
+            chunk = list(items[start : start + batch_size])
+            yield chunk
+            bar.update(len(chunk))
