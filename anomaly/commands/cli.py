@@ -11,7 +11,6 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,6 @@ from anomaly.errors import AnomalyError
 if TYPE_CHECKING:  # the CLI imports what a command needs only when it runs (fast --help)
     from omegaconf import DictConfig
 
-    from anomaly.data.dataset import Sample
 
 logger = logging.getLogger("anomaly")
 
@@ -79,8 +77,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from anomaly.artifacts.bundle import load_bundle
-    from anomaly.commands.score import score_paths
+    from anomaly.commands.score import score
     from anomaly.config import ScoreConfig
 
     config = _config(
@@ -95,32 +92,10 @@ def _score(args: argparse.Namespace) -> int:
             "heatmaps": False if args.no_heatmaps else None,
         },
     )
-    model = load_bundle(config.model)
-    model.set_runtime(
-        config.runtime.batch_size, config.runtime.num_threads, config.runtime.progress
-    )
-    paths, ground_truth = list(config.paths), None
-    if config.split is not None:
-        paths, ground_truth = _split_files(Path(config.model), config.split)
-    if not paths:
-        raise AnomalyError("nothing to score: give image files or folders, or --split test")
-    out = Path(config.out or f"runs/score-{datetime.now():%Y%m%d-%H%M%S}")
-    run = score_paths(
-        model,
-        paths,
-        out,
-        heatmaps=config.heatmaps,
-        ground_truth=ground_truth,
-        run_info={
-            "model_dir": str(Path(config.model).resolve()),
-            "category": model.metadata_.get("data", {}).get("category"),
-        },
-    )
+    run = score(config)
     print(run.summary())
-    if config.report and run.n_scored:
-        from anomaly.report import write_report
-
-        print(f"report: {write_report(out)}")
+    if run.report is not None:
+        print(f"report: {run.report}")
     return EXIT_OK if run.n_scored else EXIT_NOTHING_SCORED
 
 
@@ -138,15 +113,6 @@ def _add(args: argparse.Namespace) -> int:
     for path, reason in skipped:
         print(f"skipped {path}: {reason}")
     return EXIT_OK
-
-
-def _split_files(bundle_dir: Path, split: str) -> tuple[list[Path], dict[Path, Sample]]:
-    """The files of the bundle's own ``split`` and, by file, their ground truth."""
-    from anomaly.artifacts.bundle import read_config
-    from anomaly.data import load_dataset
-
-    samples = load_dataset(read_config(bundle_dir)).select(split)
-    return [Path(s.path) for s in samples], {Path(s.path): s for s in samples}
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
 
+from anomaly.artifacts.bundle import load_bundle, read_config
 from anomaly.artifacts.heatmap import SCALE_MAX, overlay
 from anomaly.artifacts.rundir import (
     SCORES_CSV,
@@ -26,6 +28,7 @@ from anomaly.artifacts.rundir import (
     write_run_info,
     write_scores,
 )
+from anomaly.data import load_dataset
 from anomaly.data.dataset import Sample
 from anomaly.decision.verdict import NG, verdict
 from anomaly.errors import AnomalyError, ImageReadError
@@ -43,6 +46,8 @@ class ScoreRun:
     out_dir: Path
     rows: list[ScoreRow] = field(default_factory=list)
     seconds: float = 0.0
+    #: The QA report written for the run (``report=true``), if any.
+    report: Path | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -190,3 +195,39 @@ def _reason(error: Exception, path: str | Path) -> str:
     text = str(error)
     prefix = f"{path}: "
     return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def score(config: DictConfig) -> ScoreRun:
+    """``anomaly score``: load the bundle ``config.model``, score ``config.paths`` (or the
+    bundle's own ``config.split``, with its ground truth) into ``config.out`` (default
+    ``runs/score-<time>``), and write the QA report when ``config.report`` is set and something
+    was scored."""
+    model = load_bundle(config.model)
+    model.set_runtime(
+        config.runtime.batch_size, config.runtime.num_threads, config.runtime.progress
+    )
+    paths: list[str | Path] = list(config.paths)
+    ground_truth = None
+    if config.split is not None:
+        samples = load_dataset(read_config(config.model)).select(config.split)
+        paths = [Path(s.path) for s in samples]
+        ground_truth = {Path(s.path): s for s in samples}
+    if not paths:
+        raise AnomalyError("nothing to score: give image files or folders, or --split test")
+    out = Path(config.out or f"runs/score-{datetime.now():%Y%m%d-%H%M%S}")
+    run = score_paths(
+        model,
+        paths,
+        out,
+        heatmaps=config.heatmaps,
+        ground_truth=ground_truth,
+        run_info={
+            "model_dir": str(Path(config.model).resolve()),
+            "category": model.metadata_.get("data", {}).get("category"),
+        },
+    )
+    if config.report and run.n_scored:
+        from anomaly.report import write_report  # the report's HTML code loads only when asked
+
+        run.report = write_report(out)
+    return run
