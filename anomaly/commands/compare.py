@@ -17,8 +17,6 @@ takes to catch up with a model that needs none.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +41,7 @@ from anomaly.evaluation import metrics
 from anomaly.evaluation.split import SplitScores, score_split, split_fingerprint, split_metrics
 from anomaly.evaluation.tables import format_table as _format_table
 from anomaly.evaluation.tables import num, pct
-from anomaly.io.files import write_text_atomic
+from anomaly.io.files import csv_text, write_text_atomic
 from anomaly.io.jsonio import dumps
 from anomaly.models.base import AnomalyModel
 
@@ -559,12 +557,7 @@ def _accuracy(op: dict[str, Any]) -> float | None:
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return buffer.getvalue()
+    return csv_text(list(rows[0]), rows, lineterminator="\n") if rows else ""
 
 
 def _to_json(result: CompareResult, config: DictConfig) -> dict[str, Any]:

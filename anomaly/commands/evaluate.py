@@ -13,8 +13,6 @@ differs is named in the notes (with how many evaluation images it saw while fitt
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +36,7 @@ from anomaly.evaluation.split import (
     split_fingerprint,
     split_metrics,
 )
-from anomaly.io.files import write_text_atomic
+from anomaly.io.files import csv_text, write_text_atomic
 from anomaly.io.jsonio import dumps
 from anomaly.models.base import AnomalyModel
 
@@ -259,19 +257,17 @@ def write_scores_csv(
     """Per image: ``file``, ``label``, ``defect_type`` and one column per entry of ``scores``
     (column name -> ``(N,)`` scores in the order of ``samples``), written exactly (``repr``),
     so every figure can be recomputed from the file."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file", "label", "defect_type", *scores])
-    for i, sample in enumerate(samples):
-        writer.writerow(
-            [
-                str(sample.path),
-                sample.label,
-                sample.defect_type,
-                *(repr(float(column[i])) for column in scores.values()),
-            ]
-        )
-    return write_text_atomic(path, buffer.getvalue())
+    columns = ["file", "label", "defect_type", *scores]
+    rows = (
+        {
+            "file": str(sample.path),
+            "label": sample.label,
+            "defect_type": sample.defect_type,
+            **{name: repr(float(column[i])) for name, column in scores.items()},
+        }
+        for i, sample in enumerate(samples)
+    )
+    return write_text_atomic(path, csv_text(columns, rows, lineterminator="\n"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -78,10 +78,13 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
-    """CSV text of ``rows`` under a header of ``columns`` (``csv`` module defaults: ``\\r\\n``)."""
+def csv_text(
+    columns: Sequence[str], rows: Iterable[Mapping[str, Any]], lineterminator: str = "\r\n"
+) -> str:
+    """CSV text of ``rows`` under a header of ``columns`` (lines end ``\\r\\n`` as the ``csv``
+    module's default, or ``lineterminator``)."""
     buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator=lineterminator)
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
