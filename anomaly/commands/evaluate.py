@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly.artifacts.bundle import bundle_size_bytes, load_bundle, read_config, read_metadata
+from anomaly.artifacts.bundle import (
+    CONFIG,
+    bundle_size_bytes,
+    load_bundle,
+    read_config,
+    read_metadata,
+)
 from anomaly.config import FitConfig
 from anomaly.data import load_dataset
 from anomaly.data.dataset import Sample
@@ -283,7 +289,7 @@ def _evaluation_config(
     if "data" not in config:
         if category is None:
             raise DataError(
-                f"{bundle / 'config.yaml'}: no dataset settings (fitted from the Python API?); "
+                f"{bundle / CONFIG}: no dataset settings (fitted from the Python API?); "
                 "give --category to choose the images to evaluate on"
             )
         config = OmegaConf.structured(FitConfig)

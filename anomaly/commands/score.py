@@ -107,7 +107,7 @@ def score_paths(
     out.mkdir(parents=True, exist_ok=True)
     files, rows = collect_files(paths)
     run = ScoreRun(out_dir=out, rows=rows)
-    calibration = getattr(model, "calibration_", None)
+    calibration = model.calibration_
     started = time.perf_counter()
     start = 0
     for batch_files in batches(files, model.batch_size, "scoring", model.progress):
