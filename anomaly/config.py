@@ -49,6 +49,15 @@ class PatchCoreConfig:
 
 
 @dataclass
+class HybridConfig(PatchCoreConfig):
+    """Arguments of :class:`anomaly.models.hybrid.Hybrid`: PatchCore's keys (its bank) plus the
+    head's."""
+
+    head_layers: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # pooled for the head
+    min_defects: int = 2  # fewer labelled train defects: no head, PatchCore's scores
+
+
+@dataclass
 class PadimConfig:
     """Keys are the arguments of :class:`anomaly.models.padim.PaDiM` beyond the shared ones."""
 
@@ -106,6 +115,7 @@ class FitConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     patchcore: PatchCoreConfig = field(default_factory=PatchCoreConfig)
     padim: PadimConfig = field(default_factory=PadimConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -116,10 +126,11 @@ class CompareConfig(FitConfig):
     """``anomaly compare``: several models on one split, one table. Every ``fit`` key applies
     to the models it concerns (``model`` is ignored); ``out`` is the comparison's folder."""
 
-    models: list[str] = field(default_factory=lambda: ["patchcore", "padim", "baseline"])
+    models: list[str] = field(default_factory=lambda: ["patchcore", "padim", "hybrid", "baseline"])
     runs_dir: str = "runs"  # bundles are reused from / saved to <runs_dir>/<category>/<model>
     refit: bool = False  # fit even when a bundle with the same split and config exists
-    learning_curve: bool = False  # also train the baseline on 5, 10, 25, 50, all train defects
+    # Also train the models that learn from labels on 5, 10, 25, 50 and all train defects.
+    learning_curve: bool = False
     learning_curve_defects: list[int] = field(default_factory=lambda: [5, 10, 25, 50])
 
 

@@ -270,7 +270,7 @@ def _parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser(
         "compare",
-        help="PatchCore, PaDiM and the supervised baseline on one split, one table",
+        help="PatchCore, PaDiM, the hybrid and the supervised baseline on one split, one table",
         description="Fit (or reuse bundles under runs/<category>/<model> fitted on the same split "
         "with the same config) every model, calibrate each on the same validation images and "
         "score the same test images. Prints one table (AUROC, miss and false-alarm rates at the "
@@ -282,13 +282,14 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--category", help="category name (data.category), e.g. elpv, sealant")
     compare.add_argument("--data-root", help="folder of categories (data.root)")
     compare.add_argument(
-        "--models", help="comma-separated models (models); default patchcore,padim,baseline"
+        "--models", help="comma-separated models (models); default patchcore,padim,hybrid,baseline"
     )
     compare.add_argument("--out", help="output folder (out); default runs/<category>/compare")
     compare.add_argument(
         "--learning-curve",
         action="store_true",
-        help="also train the baseline on 5, 10, 25, 50 and all train defects (learning_curve)",
+        help="also train every model that learns from labels (hybrid, baseline) on 5, 10, 25, "
+        "50 and all train defects (learning_curve)",
     )
     compare.add_argument(
         "--refit", action="store_true", help="fit even when a matching bundle exists (refit)"

@@ -34,15 +34,17 @@ from anomaly.commands.evaluate import evaluate_model, write_roc, write_scores_cs
 from anomaly.commands.fit import build_model, calibrate_on_validation, fit_category
 from anomaly.config import FitConfig, to_yaml
 from anomaly.data import load_dataset
-from anomaly.data.dataset import SPLITS, Dataset
+from anomaly.data.dataset import SPLITS, Dataset, Sample
 from anomaly.decision.verdict import is_anomalous
 from anomaly.errors import AnomalyError, DataError
 from anomaly.evaluation import metrics
+from anomaly.evaluation.plots import learning_curve_plot
 from anomaly.evaluation.split import SplitScores, score_split, split_fingerprint, split_metrics
 from anomaly.evaluation.tables import format_table as _format_table
 from anomaly.evaluation.tables import num, pct
 from anomaly.io.files import csv_text, write_text_atomic
 from anomaly.io.jsonio import dumps
+from anomaly.models import model_class
 from anomaly.models.base import AnomalyModel
 
 logger = logging.getLogger(__name__)
@@ -164,8 +166,8 @@ class CompareResult:
         if self.learning_curve:
             lines.append("")
             lines.append(
-                "learning curve (baseline with n labelled train defects, all good train "
-                "images; unsupervised models need none):"
+                "learning curve (models that learn from labels, with n labelled train defects "
+                "and all good train images; unsupervised models need none):"
             )
             lines.append(format_curve(self.learning_curve))
         lines.append("")
@@ -215,6 +217,11 @@ def compare_category(config: DictConfig) -> CompareResult:
     learning = []
     if config.learning_curve:
         learning = learning_curve(config, dataset, rows)
+        for point in learning:  # one split for every point, proved rather than assumed
+            if point["test_fingerprint"] not in (None, fingerprints["test"]):
+                point["error"] = "scored other test images than the comparison"
+                same = False
+        files.append(learning_curve_plot(learning, out / "learning_curve.png", dataset.name))
     result = CompareResult(
         category=dataset.name,
         out_dir=out,
@@ -407,9 +414,15 @@ def defect_subsets(n_defects: int, counts: list[int], seed: int) -> dict[int, np
 def learning_curve(
     config: DictConfig, dataset: Dataset, rows: list[ModelRow]
 ) -> list[dict[str, Any]]:
-    """Baseline test figures per number of labelled training defects, next to the unsupervised
-    rows (0 defects). The "all defects" point is the baseline row of the main table when there
-    is one (same config, same data), so it is not trained twice."""
+    """Test figures of every compared model that learns from labels (the baseline, the hybrid)
+    per number of labelled training defects, next to the unsupervised rows (0 defects).
+
+    Each point is trained on all good train images plus a nested seeded subset of the train
+    defects, calibrated on the validation split and scored on the test split; the fingerprint
+    of the test images it scored is kept with it (and checked by :func:`compare_category`). The
+    "all defects" point is the model's row of the main table when there is one (same config,
+    same data), so it is not trained twice.
+    """
     good = dataset.select("train", label=0)
     defects = dataset.select("train", label=1)
     val, test = dataset.select("val"), dataset.select("test")
@@ -418,35 +431,58 @@ def learning_curve(
     subsets = defect_subsets(
         len(defects), list(config.learning_curve_defects), int(config.runtime.seed)
     )
-    fit_config = fit_config_for(config, "baseline", Path(config.runs_dir))
     points: list[dict[str, Any]] = [
-        _curve_point(row.model, 0, row.metrics, row.fit_seconds, row.error)
+        _curve_point(row.model, 0, row.metrics, row.fit_seconds, row.error, row)
         for row in rows
         if row.status != "error" and row.train_defects == 0
     ]
-    main = next((r for r in rows if r.model == "baseline" and r.status != "error"), None)
-    for count, indices in subsets.items():
-        if count == len(defects) and main is not None:
-            points.append(_curve_point("baseline", count, main.metrics, main.fit_seconds, None))
-            continue
-        chosen = good + [defects[i] for i in indices]
-        logger.info("learning curve: baseline with %d of %d training defects", count, len(defects))
-        try:
-            started = time.perf_counter()
-            model = build_model(fit_config)
-            model.fit_samples(chosen, val)
-            val_scores = calibrate_on_validation(model, val, config.calibration)
-            seconds = time.perf_counter() - started - val_scores.seconds
-            figures = split_metrics(
-                score_split(model, test), model.threshold_, config.calibration.confidence
-            )
-            points.append(_curve_point("baseline", count, figures, round(seconds, 2), None))
-        except KeyboardInterrupt:
-            raise
-        except Exception as error:
-            logger.error("learning curve at %d defects failed: %s", count, error)
-            points.append(_curve_point("baseline", count, {}, None, str(error)))
+    learners = [name for name in config.models if _learns_from_labels(name)]
+    for name in learners:
+        fit_config = fit_config_for(config, name, Path(config.runs_dir))
+        main = next((r for r in rows if r.model == name and r.status != "error"), None)
+        for count, indices in subsets.items():
+            if count == len(defects) and main is not None:
+                points.append(_curve_point(name, count, main.metrics, main.fit_seconds, None, main))
+                continue
+            chosen = good + [defects[i] for i in indices]
+            logger.info("learning curve: %s with %d of %d train defects", name, count, len(defects))
+            try:
+                points.append(_curve_fit(name, fit_config, count, chosen, val, test))
+            except KeyboardInterrupt:
+                raise
+            except Exception as error:
+                logger.error("learning curve: %s at %d defects failed: %s", name, count, error)
+                points.append(_curve_point(name, count, {}, None, str(error)))
     return points
+
+
+def _learns_from_labels(name: str) -> bool:
+    try:
+        return model_class(name).supervised
+    except AnomalyError:
+        return False  # an unknown model already has its error row in the main table
+
+
+def _curve_fit(
+    name: str,
+    fit_config: DictConfig,
+    count: int,
+    chosen: list[Sample],
+    val: list[Sample],
+    test: list[Sample],
+) -> dict[str, Any]:
+    """Fit ``name`` on ``chosen``, calibrate on ``val``, score ``test``: one curve point."""
+    started = time.perf_counter()
+    model = build_model(fit_config)
+    model.fit_samples(chosen, val)
+    val_scores = calibrate_on_validation(model, val, fit_config.calibration)
+    seconds = time.perf_counter() - started - val_scores.seconds
+    scored = score_split(model, test)
+    figures = split_metrics(scored, model.threshold_, fit_config.calibration.confidence)
+    row = ModelRow(model=name, status="fitted")
+    row.test_fingerprint = split_fingerprint(scored.samples)
+    row.accuracy_val_best = accuracy_at_validation_best(model, scored.labels, scored.scores)
+    return _curve_point(name, count, figures, round(seconds, 2), None, row)
 
 
 def _curve_point(
@@ -455,6 +491,7 @@ def _curve_point(
     figures: dict[str, Any],
     fit_seconds: float | None,
     error: str | None,
+    row: ModelRow | None = None,
 ) -> dict[str, Any]:
     op = figures.get("operating_point") or {}
     far_at = (figures.get("false_alarm_rate_at_miss_rate") or {}).get("0.05")
@@ -466,7 +503,9 @@ def _curve_point(
         "false_alarm_rate": op.get("false_alarm_rate"),
         "far_at_miss_5pct": None if far_at is None else far_at["false_alarm_rate"],
         "accuracy": _accuracy(op),
+        "accuracy_val_best": None if row is None else row.accuracy_val_best,
         "fit_seconds": fit_seconds,
+        "test_fingerprint": None if row is None else row.test_fingerprint,
         "error": error or "",
     }
 
@@ -521,6 +560,7 @@ _CURVE_KEYS = (
     "false_alarm_rate",
     "far_at_miss_5pct",
     "accuracy",
+    "accuracy_val_best",
     "fit_seconds",
 )
 _CURVE_COLUMNS = tuple(next(c for c in _COLUMNS if c[1] == key) for key in _CURVE_KEYS)

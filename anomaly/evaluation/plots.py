@@ -202,3 +202,48 @@ def confusion_plot(
     suffix = "" if threshold is None else f" (threshold {threshold:.4g})"
     ax.set_title(title + suffix)
     return _save(fig, path)
+
+
+def learning_curve_plot(
+    points: list[Mapping[str, Any]], path: str | Path, title: str = "Learning curve"
+) -> Path:
+    """How test figures move with the number of labelled train defects, one PNG.
+
+    ``points`` are learning-curve records (``model``, ``train_defects``, ``auroc``,
+    ``false_alarm_rate``, ``miss_rate``): a model with points at several counts is a line with
+    markers, a model with only a point at 0 defects (unsupervised) a dashed horizontal line, so
+    the plot answers "how many defects must we label to beat the model that needs none?".
+    Points without a figure (a failed fit) are left out.
+    """
+    panels = (
+        ("auroc", "test image AUROC"),
+        ("false_alarm_rate", "false alarms at the calibrated threshold"),
+        ("miss_rate", "misses at the calibrated threshold"),
+    )
+    fig = _new_figure(13.0, 4.2)
+    models = list(dict.fromkeys(str(point["model"]) for point in points))
+    for index, (key, label) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), index + 1)
+        for model in models:
+            rows = sorted(
+                (p for p in points if p["model"] == model and p.get(key) is not None),
+                key=lambda p: p["train_defects"],
+            )
+            if not rows:
+                continue
+            counts = [int(p["train_defects"]) for p in rows]
+            values = [float(p[key]) for p in rows]
+            if counts == [0]:
+                ax.axhline(values[0], linestyle="--", linewidth=1.5, label=f"{model} (no labels)")
+            else:
+                ax.plot(counts, values, marker="o", linewidth=1.8, label=model)
+        ax.set_xscale("symlog", linthresh=5)
+        ax.set_xlabel("labelled train defects")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if key != "auroc":
+            ax.yaxis.set_major_formatter(lambda value, _: f"{100 * value:.0f}%")
+        if index == 0:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -24,6 +24,7 @@ ENTRY_POINT_GROUP = "anomaly.models"
 _BUILTIN: dict[str, str] = {
     "patchcore": "anomaly.models.patchcore:PatchCore",
     "padim": "anomaly.models.padim:PaDiM",
+    "hybrid": "anomaly.models.hybrid:Hybrid",
 }
 _registered: dict[str, str] = {}
 _plugins: dict[str, str] | None = None

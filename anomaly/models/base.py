@@ -189,12 +189,7 @@ class AnomalyModel:
         order (``data.max_train_images`` and ``data.seed``). ``validation`` is not used here:
         it is left for calibration. A model that learns from labels overrides this method.
         """
-        good = [sample for sample in train if sample.label == 0]
-        if max_good_images is not None and max_good_images < len(good):
-            keep = np.random.default_rng(subset_seed).choice(
-                len(good), size=max_good_images, replace=False
-            )
-            good = [good[i] for i in sorted(keep)]
+        good = good_subset(train, max_good_images, subset_seed)
         logger.info("fitting %s on %d good images", self.model_name, len(good))
         return self.fit([sample.path for sample in good])
 
@@ -495,6 +490,18 @@ class AnomalyModel:
     def _batches(self, images: list[ImageInput], desc: str) -> Iterator[list[np.ndarray]]:
         for chunk in batches(images, self.batch_size, desc, self.progress):
             yield [_as_array(image) for image in chunk]
+
+
+def good_subset(
+    samples: Sequence[Sample], max_images: int | None = None, seed: int = 0
+) -> list[Sample]:
+    """The good samples of ``samples``: all of them, or a random subset of ``max_images``
+    drawn with ``seed`` and kept in their order (``data.max_train_images``, ``data.seed``)."""
+    good = [sample for sample in samples if sample.label == 0]
+    if max_images is not None and max_images < len(good):
+        keep = np.random.default_rng(seed).choice(len(good), size=max_images, replace=False)
+        good = [good[i] for i in sorted(keep)]
+    return good
 
 
 def _as_array(image: ImageInput) -> np.ndarray:

@@ -1,0 +1,340 @@
+"""Hybrid: PatchCore on the good images plus a small head on the few labelled defects.
+
+Inspection teams have many good images and a few labelled defects. PatchCore uses only the
+former; a classifier fine-tuned on the latter needs hundreds of them and tens of minutes. The
+hybrid keeps PatchCore as it is and adds, on the same frozen backbone pass, a class-weighted
+logistic regression on pooled features (mean and max over each stage of stages 1-4) of the
+labelled train images. The two scores are fused on the validation split:
+
+    score = bank_mean + bank_std * ((1 - w) * z(patchcore score) + w * z(head log-odds))
+
+where ``z`` standardises each score by the mean and spread of the validation *good* images and
+``w`` is the weight, on a grid of 0 to 1, with the highest validation AUROC. The fused score is
+in PatchCore's units (``w = 0`` gives exactly PatchCore's score), goes through the same
+calibration as every model, and the anomaly map is PatchCore's, so heatmaps and reports work
+unchanged.
+
+Every choice is made without the test split: the head's regularisation by stratified
+cross-validation inside the train split, the fusion weight on validation. The same validation
+images then calibrate the threshold, so the calibrated miss rate rests on one weight chosen on
+them too (one number from 21 candidates: a small optimism, stated in the summary).
+
+With fewer than ``min_defects`` labelled train defects there is no head: the model says so and
+scores exactly as PatchCore.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from anomaly.components.backbones import FeatureExtractor, create_feature_extractor
+from anomaly.components.features import extract
+from anomaly.components.threads import limited_threads
+from anomaly.data.dataset import Sample
+from anomaly.errors import BundleError, DataError
+from anomaly.evaluation import metrics
+from anomaly.models.base import good_subset
+from anomaly.models.patchcore import PatchCore
+
+logger = logging.getLogger(__name__)
+
+#: Fusion weights tried on validation (0 = PatchCore alone, 1 = head alone).
+FUSION_GRID = tuple(round(0.05 * i, 2) for i in range(21))
+#: Regularisation strengths (sklearn's C) tried by cross-validation inside the train split.
+C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+class Hybrid(PatchCore):
+    """PatchCore fused with a logistic-regression head trained on labelled train defects.
+
+    Args:
+        head_layers: backbone stages whose pooled features feed the head.
+        min_defects: fewest labelled train defects for which a head is trained; below it the
+            model is PatchCore and says so.
+        Other arguments: see :class:`~anomaly.models.patchcore.PatchCore` (the bank part uses
+        ``layers``, default stages 2 and 3).
+    """
+
+    model_name: ClassVar[str] = "hybrid"
+    supervised: ClassVar[bool] = True  # learns from defect labels as well as good images
+    incremental: ClassVar[bool] = False  # new good images would shift the fused score's scale
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        layers: Sequence[int] | None = None,
+        weights: str = "imagenet",
+        image_size: int = 256,
+        coreset_ratio: float = 0.01,
+        projection_dim: int = 128,
+        chunk_images: int = 64,
+        feature_dim: int = 1024,
+        num_neighbors: int = 9,
+        index: str = "flat",
+        head_layers: Sequence[int] = (1, 2, 3, 4),
+        min_defects: int = 2,
+        blur_sigma: float = 4.0,
+        batch_size: int = 8,
+        num_threads: int = 0,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        self._store_params(locals())
+
+    def get_params(self) -> dict[str, Any]:
+        params = super().get_params()
+        params["head_layers"] = [int(layer) for layer in params["head_layers"]]
+        return params
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if not self.head_layers:
+            raise DataError("hybrid.head_layers: give at least one backbone stage")
+        if self.min_defects < 2:
+            raise DataError(f"hybrid.min_defects={self.min_defects}: must be at least 2")
+
+    # ------------------------------------------------------------------ stages
+    def _bank_layers(self) -> tuple[int, ...]:
+        return tuple(int(layer) for layer in (self.layers or self.default_layers))
+
+    def _stages(self) -> tuple[int, ...]:
+        return tuple(sorted({*self._bank_layers(), *(int(x) for x in self.head_layers)}))
+
+    def _make_extractor(self) -> FeatureExtractor:
+        # One backbone pass serves both parts: the bank's stages and the head's.
+        if self.weights == "none":
+            torch.manual_seed(self.seed)
+        return create_feature_extractor(self.backbone, self._stages(), self.weights)
+
+    def _split_maps(
+        self, feature_maps: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], np.ndarray]:
+        """The bank's feature maps, and the head's pooled features ``(B, F)``."""
+        stages = self._stages()
+        bank = [feature_maps[stages.index(layer)] for layer in self._bank_layers()]
+        pooled = []
+        for layer in self.head_layers:
+            maps = feature_maps[stages.index(int(layer))]
+            pooled += [maps.mean(dim=(2, 3)), maps.amax(dim=(2, 3))]
+        return bank, torch.cat(pooled, dim=1).double().numpy()
+
+    # ------------------------------------------------------------------ fit
+    def fit_samples(
+        self,
+        train: Sequence[Sample],
+        validation: Sequence[Sample],
+        max_good_images: int | None = None,
+        subset_seed: int = 0,
+    ) -> Hybrid:
+        """Fit the bank on the good train images, the head on every labelled train image and
+        the fusion weight on ``validation``; returns ``self``.
+
+        ``validation`` images are never trained on: they only choose the fusion weight (and,
+        later, calibrate). ``max_good_images`` caps the good images, as for PatchCore.
+        """
+        good = good_subset(train, max_good_images, subset_seed)
+        defects = [sample for sample in train if sample.label == 1]
+        self._good_features: list[np.ndarray] = []
+        self.fit([sample.path for sample in good])
+        good_features = np.concatenate(self._good_features)
+        del self._good_features
+        self.n_train_good_ = len(good)
+        self.n_train_defects_ = len(defects)
+        self.n_train_images_ = len(good) + len(defects)  # every labelled image it learned from
+        self.head_note_ = ""
+        if len(defects) < self.min_defects:
+            self.head_note_ = (
+                f"{len(defects)} labelled train defect(s), fewer than the {self.min_defects} a "
+                "head needs: no head, scores are PatchCore's"
+            )
+            logger.warning("hybrid: %s", self.head_note_)
+            self._no_head(good_features.shape[1])
+            return self
+        with limited_threads(self.num_threads):
+            defect_features = self._head_features([sample.path for sample in defects])
+            features = np.concatenate([good_features, defect_features])
+            labels = np.r_[np.zeros(len(good_features), int), np.ones(len(defect_features), int)]
+            self._fit_head(features, labels)
+            self._fit_fusion(validation)
+        logger.info(
+            "hybrid: head on %d good + %d defect train images (C=%g, CV AUROC %.4f); fusion "
+            "weight %.2f chosen on %d validation images",
+            len(good),
+            len(defects),
+            self.head_c_,
+            self.head_cv_auroc_,
+            self.fusion_weight_,
+            len(validation),
+        )
+        return self
+
+    def _fit_batch(self, feature_maps: list[torch.Tensor]) -> None:
+        bank, pooled = self._split_maps(feature_maps)
+        super()._fit_batch(bank)
+        if hasattr(self, "_good_features"):  # fit_samples collects the good images' features
+            self._good_features.append(pooled)
+
+    def _head_features(self, images: Sequence[Any]) -> np.ndarray:
+        parts = [
+            self._split_maps(extract(self.extractor_, batch, self.image_size))[1]
+            for batch in self._batches(list(images), desc="hybrid: defect features")
+        ]
+        return np.concatenate(parts)
+
+    def _fit_head(self, features: np.ndarray, labels: np.ndarray) -> None:
+        """Standardise, choose C by stratified cross-validation inside train, refit on all."""
+        self.head_mean_ = features.mean(axis=0)
+        self.head_scale_ = features.std(axis=0) + 1e-6
+        x = (features - self.head_mean_) / self.head_scale_
+        folds = StratifiedKFold(min(5, int(labels.sum())), shuffle=True, random_state=self.seed)
+        best_c, best_auroc = C_GRID[0], -1.0
+        for c in C_GRID:
+            out_of_fold = cross_val_predict(
+                self._head(c), x, labels, cv=folds, method="decision_function"
+            )
+            auroc = metrics.image_auroc(labels, out_of_fold) or 0.0
+            if auroc > best_auroc:
+                best_c, best_auroc = c, auroc
+        head = self._head(best_c).fit(x, labels)
+        self.head_c_, self.head_cv_auroc_ = float(best_c), float(best_auroc)
+        self.head_coef_ = head.coef_[0].astype(np.float64)
+        self.head_intercept_ = float(head.intercept_[0])
+
+    def _head(self, c: float) -> LogisticRegression:
+        return LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
+
+    def _fit_fusion(self, validation: Sequence[Sample]) -> None:
+        """Standardise both scores on the validation good images; choose the weight there."""
+        labels = np.array([sample.label for sample in validation], dtype=int)
+        bank_scores, head_scores = [], []
+        for batch in self._batches([s.path for s in validation], desc="hybrid: fusion"):
+            bank, head = self._components(extract(self.extractor_, batch, self.image_size))
+            bank_scores.append(bank)
+            head_scores.append(head)
+        bank_all, head_all = np.concatenate(bank_scores), np.concatenate(head_scores)
+        good = labels == 0
+        if good.sum() < 2:
+            raise DataError("hybrid: the validation split needs at least 2 good images")
+        self.bank_stats_ = (float(bank_all[good].mean()), float(bank_all[good].std() + 1e-12))
+        self.head_stats_ = (float(head_all[good].mean()), float(head_all[good].std() + 1e-12))
+        self.fusion_weight_, self.fusion_val_auroc_ = 0.0, None
+        if metrics.missing_class_reason(labels) is not None:
+            self.head_note_ = "validation lacks a class: fusion weight 0 (PatchCore's scores)"
+            logger.warning("hybrid: %s", self.head_note_)
+            return
+        best = -1.0
+        for weight in FUSION_GRID:
+            auroc = metrics.image_auroc(labels, self._fuse(bank_all, head_all, weight)) or 0.0
+            if auroc > best + 1e-12:  # ties keep the smaller weight: PatchCore is the default
+                self.fusion_weight_, best = weight, auroc
+        self.fusion_val_auroc_ = float(best)
+
+    def _no_head(self, n_features: int) -> None:
+        self.head_mean_ = np.zeros(n_features)
+        self.head_scale_ = np.ones(n_features)
+        self.head_coef_ = np.zeros(n_features)
+        self.head_intercept_ = 0.0
+        self.head_c_, self.head_cv_auroc_ = 0.0, float("nan")
+        self.bank_stats_ = (0.0, 1.0)
+        self.head_stats_ = (0.0, 1.0)
+        self.fusion_weight_, self.fusion_val_auroc_ = 0.0, None
+
+    def partial_fit(self, images: Sequence[Any]) -> Hybrid:
+        self.check_can_add_images()  # raises: the fusion was standardised on this bank
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ score
+    def _components(self, feature_maps: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        bank, pooled = self._split_maps(feature_maps)
+        bank_scores, _ = super()._score_batch(bank)
+        head = ((pooled - self.head_mean_) / self.head_scale_) @ self.head_coef_
+        return bank_scores, head + self.head_intercept_
+
+    def _fuse(self, bank: np.ndarray, head: np.ndarray, weight: float) -> np.ndarray:
+        bank_mean, bank_std = self.bank_stats_
+        head_mean, head_std = self.head_stats_
+        z = (1.0 - weight) * (bank - bank_mean) / bank_std + weight * (head - head_mean) / head_std
+        return bank_mean + bank_std * z
+
+    def _score_batch(self, feature_maps: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        bank, pooled = self._split_maps(feature_maps)
+        bank_scores, grids = super()._score_batch(bank)
+        if self.fusion_weight_ == 0.0:
+            return bank_scores, grids
+        head = ((pooled - self.head_mean_) / self.head_scale_) @ self.head_coef_
+        fused = self._fuse(bank_scores, head + self.head_intercept_, self.fusion_weight_)
+        return fused, grids
+
+    # ------------------------------------------------------------------ description
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "n_train_good": int(self.n_train_good_),
+            "n_train_defects": int(self.n_train_defects_),
+            "fusion_weight": self.fusion_weight_,
+            "head_c": self.head_c_,
+            "head_note": self.head_note_,
+        }
+
+    def summary_lines(self) -> list[str]:
+        lines = super().summary_lines()
+        if self.head_note_ and self.fusion_weight_ == 0.0:
+            lines.append(f"head: {self.head_note_}")
+        else:
+            lines.append(
+                f"head: logistic regression on stages {list(self.head_layers)} (C={self.head_c_:g},"
+                f" train CV AUROC {self.head_cv_auroc_:.4f}) from {self.n_train_good_} good + "
+                f"{self.n_train_defects_} defect train images; fusion weight "
+                f"{self.fusion_weight_:.2f} (validation AUROC {self.fusion_val_auroc_:.4f}; the "
+                "same validation images calibrate the threshold)"
+            )
+        return lines
+
+    # ------------------------------------------------------------------ persistence
+    def state_tensors(self) -> dict[str, np.ndarray]:
+        note = np.frombuffer(self.head_note_.encode(), dtype=np.uint8).copy()
+        return {
+            **super().state_tensors(),
+            "head_mean": self.head_mean_,
+            "head_scale": self.head_scale_,
+            "head_coef": self.head_coef_,
+            "head_scalars": np.array(
+                [
+                    self.head_intercept_,
+                    self.head_c_,
+                    self.head_cv_auroc_,
+                    *self.bank_stats_,
+                    *self.head_stats_,
+                    self.fusion_weight_,
+                    np.nan if self.fusion_val_auroc_ is None else self.fusion_val_auroc_,
+                ]
+            ),
+            "head_counts": np.array([self.n_train_good_, self.n_train_defects_], dtype=np.int64),
+            "head_note": note if note.size else np.zeros(0, dtype=np.uint8),
+        }
+
+    def load_state(self, tensors: dict[str, np.ndarray], bundle_dir: Any) -> None:
+        super().load_state(tensors, bundle_dir)
+        try:
+            self.head_mean_ = tensors["head_mean"]
+            self.head_scale_ = tensors["head_scale"]
+            self.head_coef_ = tensors["head_coef"]
+            scalars = [float(v) for v in tensors["head_scalars"]]
+            counts = [int(v) for v in tensors["head_counts"]]
+            note = bytes(tensors["head_note"].astype(np.uint8)).decode()
+        except (KeyError, UnicodeDecodeError) as error:
+            raise BundleError(f"{bundle_dir}: not a hybrid bundle ({error})") from error
+        (self.head_intercept_, self.head_c_, self.head_cv_auroc_) = scalars[:3]
+        self.bank_stats_ = (scalars[3], scalars[4])
+        self.head_stats_ = (scalars[5], scalars[6])
+        self.fusion_weight_ = scalars[7]
+        self.fusion_val_auroc_ = None if np.isnan(scalars[8]) else scalars[8]
+        self.n_train_good_, self.n_train_defects_ = counts
+        self.head_note_ = note

@@ -1,0 +1,143 @@
+"""Hybrid: PatchCore plus a head on the labelled train defects, fused on validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import save_image, textured_part, with_defect
+from omegaconf import OmegaConf
+
+from anomaly.artifacts.bundle import load_bundle
+from anomaly.commands.fit import build_model, fit_category
+from anomaly.config import FitConfig
+from anomaly.data import load_dataset
+from anomaly.evaluation.split import score_split
+from anomaly.models.hybrid import Hybrid
+from anomaly.models.patchcore import PatchCore
+
+FAST = {"image_size": 64, "coreset_ratio": 0.25, "progress": False, "num_threads": 1}
+
+
+def make_category(root: Path, n_good: int = 30, n_defect: int = 15) -> Path:
+    """Folder layout ``root/good`` and ``root/blob``: the 60/20/20 split leaves train defects."""
+    rng = np.random.default_rng(0)
+    for i in range(n_good):
+        save_image(root / "good" / f"g{i:03d}.png", textured_part(rng, 64))
+    for i in range(n_defect):
+        image, _ = with_defect(textured_part(rng, 64), rng)
+        save_image(root / "blob" / f"b{i:03d}.png", image)
+    return root
+
+
+def fit_config(root: Path, out: Path, **overrides: object) -> OmegaConf:
+    config = OmegaConf.structured(FitConfig)
+    config.model = "hybrid"
+    config.data.category = "parts"
+    config.data.root = str(root)
+    config.out = str(out)
+    config.image_size = 64
+    config.hybrid.coreset_ratio = 0.25
+    config.runtime.progress = False
+    config.runtime.num_threads = 1
+    for key, value in overrides.items():
+        OmegaConf.update(config, key, value)
+    return config
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("hybrid")
+    make_category(base / "data" / "parts")
+    config = fit_config(base / "data", base / "bundle")
+    return config, fit_category(config)
+
+
+def test_fused_score_is_calibrated_like_every_model(fitted) -> None:
+    config, result = fitted
+    model = result.model
+    dataset = load_dataset(config)
+    val = score_split(model, dataset.select("val"))
+    calibration = model.calibration_
+    # The threshold was set on the fused validation scores, by the shared rule.
+    np.testing.assert_allclose(sorted(calibration.scores_good), sorted(val.scores[val.labels == 0]))
+    np.testing.assert_allclose(
+        sorted(calibration.scores_defect), sorted(val.scores[val.labels == 1])
+    )
+    assert calibration.method in ("miss_rate", "few_defects")
+    misses = int((val.scores[val.labels == 1] < calibration.threshold).sum())
+    assert misses == calibration.validation["misses"]
+
+
+def test_head_is_trained_and_described(fitted) -> None:
+    config, result = fitted
+    model = result.model
+    dataset = load_dataset(config)
+    n_defects = len(dataset.select("train", label=1))
+    assert n_defects >= 2
+    described = model.describe()
+    assert described["n_train_defects"] == n_defects
+    assert described["n_train_good"] == len(dataset.select("train", label=0))
+    assert 0.0 <= model.fusion_weight_ <= 1.0 and model.head_c_ > 0
+    assert "head: logistic regression" in result.text()
+    assert "labelled training images" in result.text()
+
+
+def test_bundle_round_trip_scores_identically(fitted, tmp_path) -> None:
+    config, result = fitted
+    loaded = load_bundle(result.bundle_dir)
+    assert isinstance(loaded, Hybrid)
+    samples = load_dataset(config).select("test")
+    before = score_split(result.model, samples).scores
+    after = score_split(loaded.set_runtime(progress=False), samples).scores
+    np.testing.assert_array_equal(before, after)
+    assert loaded.fusion_weight_ == result.model.fusion_weight_
+    assert loaded.threshold_ == result.model.threshold_
+
+
+@pytest.mark.parametrize("n_train_defects", [0, 1])
+def test_too_few_defects_falls_back_to_patchcore_and_says_so(n_train_defects, tmp_path) -> None:
+    make_category(tmp_path / "data" / "parts")
+    config = fit_config(tmp_path / "data", tmp_path / "bundle")
+    dataset = load_dataset(config)
+    train = [s for s in dataset.select("train") if s.label == 0]
+    train += dataset.select("train", label=1)[:n_train_defects]
+    val = dataset.select("val")
+    hybrid = build_model(config).fit_samples(train, val)
+    assert hybrid.fusion_weight_ == 0.0
+    assert f"{n_train_defects} labelled train defect(s)" in hybrid.head_note_
+    assert any("no head, scores are PatchCore's" in line for line in hybrid.summary_lines())
+    patchcore = PatchCore(**FAST).fit([s.path for s in train if s.label == 0])
+    test = [s.path for s in dataset.select("test")]
+    np.testing.assert_array_equal(hybrid.predict(test).scores, patchcore.predict(test).scores)
+
+
+def test_validation_images_never_reach_training(tmp_path, monkeypatch) -> None:
+    make_category(tmp_path / "data" / "parts")
+    config = fit_config(tmp_path / "data", tmp_path / "bundle")
+    dataset = load_dataset(config)
+    trained: list[str] = []
+    original_fit, original_head = Hybrid.fit, Hybrid._head_features
+
+    def spy_fit(self, images, y=None):
+        trained.extend(str(image) for image in images)
+        return original_fit(self, images, y)
+
+    def spy_head(self, images):
+        trained.extend(str(image) for image in images)
+        return original_head(self, images)
+
+    monkeypatch.setattr(Hybrid, "fit", spy_fit)
+    monkeypatch.setattr(Hybrid, "_head_features", spy_head)
+    model = build_model(config).fit_samples(dataset.select("train"), dataset.select("val"))
+    held_out = {str(s.path) for s in dataset.select("val") + dataset.select("test")}
+    assert trained and not held_out & set(trained)
+    assert sorted(trained) == sorted(str(s.path) for s in dataset.select("train"))
+    assert model.n_train_defects_ == len(dataset.select("train", label=1))
+
+
+def test_fit_needs_labels_through_fit_samples_and_cannot_grow(fitted) -> None:
+    _, result = fitted
+    with pytest.raises(Exception, match="cannot add images"):
+        result.model.partial_fit([np.zeros((64, 64, 3), np.uint8)])
