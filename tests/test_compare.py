@@ -31,6 +31,7 @@ from anomaly.evaluation.split import split_fingerprint
 FAST = [
     "image_size=64",
     "patchcore.coreset_ratio=0.5",
+    "hybrid.coreset_ratio=0.5",
     "padim.n_features=20",
     "baseline.network=efficientnet_lite0",
     f"baseline.input_size={SIZE}",
@@ -57,12 +58,13 @@ def _config(tmp_path: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
-    """One comparison of PatchCore, PaDiM, the baseline and a model that does not exist."""
+    """One comparison of PatchCore, PaDiM, the hybrid, the baseline and a model that does not
+    exist."""
     tmp_path = tmp_path_factory.mktemp("compare")
     make_folder_category(tmp_path / "data" / "part")
     config = _config(
         tmp_path,
-        "models=[patchcore,padim,baseline,nosuchmodel]",
+        "models=[patchcore,padim,hybrid,baseline,nosuchmodel]",
         "learning_curve=true",
         "learning_curve_defects=[2]",
     )
@@ -74,7 +76,7 @@ def test_every_model_scores_exactly_the_same_test_images(compared) -> None:
     dataset = load_dataset(config)
     expected = split_fingerprint(dataset.select("test"))
     ok = [row for row in result.rows if row.status != "error"]
-    assert [row.model for row in ok] == ["patchcore", "padim", "baseline"]
+    assert [row.model for row in ok] == ["patchcore", "padim", "hybrid", "baseline"]
     assert result.same_test_images
     assert {row.test_fingerprint for row in ok} == {expected}
     for row in ok:  # and each bundle was fitted (and tested) on this very split
@@ -146,19 +148,31 @@ def test_outputs_are_written(compared) -> None:
             assert row.accuracy_at_half is None
 
 
-def test_learning_curve_trains_on_defect_subsets(compared) -> None:
+@pytest.mark.parametrize("learner", ["baseline", "hybrid"])
+def test_learning_curve_trains_on_defect_subsets(compared, learner) -> None:
     _, config, result = compared
-    n_defects = len(load_dataset(config).select("train", label=1))
-    baseline = [p for p in result.learning_curve if p["model"] == "baseline"]
-    assert [p["train_defects"] for p in baseline] == [2, n_defects]
-    assert all(p["error"] == "" and 0.0 <= p["auroc"] <= 1.0 for p in baseline)
-    assert baseline[0]["fit_seconds"] > 0  # the subset point was trained here
-    # The all-defects point is the baseline row of the table, not trained a second time.
+    dataset = load_dataset(config)
+    n_defects = len(dataset.select("train", label=1))
+    points = [p for p in result.learning_curve if p["model"] == learner]
+    assert [p["train_defects"] for p in points] == [2, n_defects]
+    assert all(p["error"] == "" and 0.0 <= p["auroc"] <= 1.0 for p in points)
+    assert points[0]["fit_seconds"] > 0  # the subset point was trained here
+    # Every point scored this comparison's test split, proved by fingerprint.
+    expected = split_fingerprint(dataset.select("test"))
+    assert {p["test_fingerprint"] for p in points} == {expected}
+    assert all(p["accuracy_val_best"] is not None for p in points)
+    # The all-defects point is the model's row of the table, not trained a second time.
     rows = {row.model: row for row in result.rows}
-    assert baseline[1]["auroc"] == rows["baseline"].metrics["auroc"]
-    assert baseline[1]["fit_seconds"] == rows["baseline"].fit_seconds
-    unsupervised = [p for p in result.learning_curve if p["model"] != "baseline"]
+    assert points[1]["auroc"] == rows[learner].metrics["auroc"]
+    assert points[1]["fit_seconds"] == rows[learner].fit_seconds
+    unsupervised = [p for p in result.learning_curve if p["train_defects"] == 0]
     assert {p["model"]: p["train_defects"] for p in unsupervised} == {"patchcore": 0, "padim": 0}
+
+
+def test_learning_curve_plot_is_written(compared) -> None:
+    _, _, result = compared
+    plot = result.out_dir / "learning_curve.png"
+    assert plot in result.files and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_second_run_reuses_bundles_and_a_changed_key_refits(compared) -> None:
