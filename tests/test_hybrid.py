@@ -141,3 +141,16 @@ def test_fit_needs_labels_through_fit_samples_and_cannot_grow(fitted) -> None:
     _, result = fitted
     with pytest.raises(Exception, match="cannot add images"):
         result.model.partial_fit([np.zeros((64, 64, 3), np.uint8)])
+
+
+def test_fit_on_good_images_alone_is_patchcore_and_says_so(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    good = [textured_part(rng, 64) for _ in range(8)]
+    test = [textured_part(rng, 64) for _ in range(2)] + [
+        with_defect(textured_part(rng, 64), rng)[0]
+    ]
+    hybrid = Hybrid(**FAST).fit(good)
+    assert hybrid.fusion_weight_ == 0.0 and hybrid.n_train_defects_ == 0
+    assert "no head" in hybrid.head_note_
+    patchcore = PatchCore(**FAST).fit(good)
+    np.testing.assert_array_equal(hybrid.predict(test).scores, patchcore.predict(test).scores)

@@ -141,22 +141,18 @@ class Hybrid(PatchCore):
         """
         good = good_subset(train, max_good_images, subset_seed)
         defects = [sample for sample in train if sample.label == 1]
-        self._good_features: list[np.ndarray] = []
         self.fit([sample.path for sample in good])
-        good_features = np.concatenate(self._good_features)
-        del self._good_features
-        self.n_train_good_ = len(good)
+        good_features, self._good_pooled = self._good_pooled, None
         self.n_train_defects_ = len(defects)
         self.n_train_images_ = len(good) + len(defects)  # every labelled image it learned from
-        self.head_note_ = ""
         if len(defects) < self.min_defects:
             self.head_note_ = (
                 f"{len(defects)} labelled train defect(s), fewer than the {self.min_defects} a "
                 "head needs: no head, scores are PatchCore's"
             )
             logger.warning("hybrid: %s", self.head_note_)
-            self._no_head(good_features.shape[1])
             return self
+        self.head_note_ = ""
         with limited_threads(self.num_threads):
             defect_features = self._head_features([sample.path for sample in defects])
             features = np.concatenate([good_features, defect_features])
@@ -175,11 +171,29 @@ class Hybrid(PatchCore):
         )
         return self
 
+    def fit(self, images: Sequence[Any], y: Any = None) -> Hybrid:
+        """Fit the bank on good ``images``, without a head (scores are PatchCore's until
+        :meth:`fit_samples` trains one on labelled defects); returns ``self``."""
+        self._good_features: list[np.ndarray] = []
+        try:
+            super().fit(images, y)
+            # Kept for fit_samples, which trains the head on them without a second pass.
+            self._good_pooled = np.concatenate(self._good_features)
+        finally:
+            del self._good_features
+        self.n_train_good_ = self.n_train_images_
+        self.n_train_defects_ = 0
+        self.head_note_ = (
+            "fitted on good images only: no head, scores are PatchCore's (fit_samples learns "
+            "from labelled defects)"
+        )
+        self._no_head(self._good_pooled.shape[1])
+        return self
+
     def _fit_batch(self, feature_maps: list[torch.Tensor]) -> None:
         bank, pooled = self._split_maps(feature_maps)
         super()._fit_batch(bank)
-        if hasattr(self, "_good_features"):  # fit_samples collects the good images' features
-            self._good_features.append(pooled)
+        self._good_features.append(pooled)
 
     def _head_features(self, images: Sequence[Any]) -> np.ndarray:
         parts = [
