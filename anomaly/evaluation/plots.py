@@ -217,11 +217,14 @@ def learning_curve_plot(
     """
     panels = (
         ("auroc", "test image AUROC"),
-        ("false_alarm_rate", "false alarms at the calibrated threshold"),
-        ("miss_rate", "misses at the calibrated threshold"),
+        ("false_alarm_rate", "false alarms at the threshold"),
+        ("miss_rate", "misses at the threshold"),
     )
     fig = _new_figure(13.0, 4.2)
     models = list(dict.fromkeys(str(point["model"]) for point in points))
+    # One colour per model across the three panels (a dashed line does not advance
+    # matplotlib's colour cycle, so colours are assigned here).
+    colours = {model: f"C{index % 10}" for index, model in enumerate(models)}
     for index, (key, label) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), index + 1)
         for model in models:
@@ -234,16 +237,27 @@ def learning_curve_plot(
             counts = [int(p["train_defects"]) for p in rows]
             values = [float(p[key]) for p in rows]
             if counts == [0]:
-                ax.axhline(values[0], linestyle="--", linewidth=1.5, label=f"{model} (no labels)")
+                ax.axhline(
+                    values[0],
+                    color=colours[model],
+                    linestyle="--",
+                    linewidth=1.5,
+                    label=f"{model} (no labels)",
+                )
             else:
-                ax.plot(counts, values, marker="o", linewidth=1.8, label=model)
+                ax.plot(
+                    counts, values, color=colours[model], marker="o", linewidth=1.8, label=model
+                )
         ax.set_xscale("symlog", linthresh=5)
+        counts_shown = sorted({int(p["train_defects"]) for p in points if p["train_defects"]})
+        ax.set_xticks(counts_shown, labels=[str(count) for count in counts_shown])
         ax.set_xlabel("labelled train defects")
-        ax.set_ylabel(label)
+        ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
         if key != "auroc":
-            ax.yaxis.set_major_formatter(lambda value, _: f"{100 * value:.0f}%")
+            ax.yaxis.set_major_formatter(lambda value, _: f"{100 * value:.1f}%")
         if index == 0:
             ax.legend(fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
     return _save(fig, path)
