@@ -478,14 +478,16 @@ class AnomalyModel:
         """Write ``extra_files`` into ``bundle_dir``."""
 
     # ------------------------------------------------------------------ helpers
+    def _extractor_layers(self) -> Sequence[int]:
+        """The backbone stages the extractor returns (a model using more overrides this)."""
+        return self.layers or self.default_layers
+
     def _make_extractor(self) -> FeatureExtractor:
         if self.weights == "none":
             # Random weights must be the same at fit and at load, or the bundle's weight check
             # (rightly) refuses the model.
             torch.manual_seed(self.seed)
-        return create_feature_extractor(
-            self.backbone, self.layers or self.default_layers, self.weights
-        )
+        return create_feature_extractor(self.backbone, self._extractor_layers(), self.weights)
 
     def _batches(self, images: list[ImageInput], desc: str) -> Iterator[list[np.ndarray]]:
         for chunk in batches(images, self.batch_size, desc, self.progress):

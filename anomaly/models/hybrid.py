@@ -34,7 +34,6 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from anomaly.components.backbones import FeatureExtractor, create_feature_extractor
 from anomaly.components.features import extract
 from anomaly.components.threads import limited_threads
 from anomaly.data.dataset import Sample
@@ -107,11 +106,9 @@ class Hybrid(PatchCore):
     def _stages(self) -> tuple[int, ...]:
         return tuple(sorted({*self._bank_layers(), *(int(x) for x in self.head_layers)}))
 
-    def _make_extractor(self) -> FeatureExtractor:
+    def _extractor_layers(self) -> tuple[int, ...]:
         # One backbone pass serves both parts: the bank's stages and the head's.
-        if self.weights == "none":
-            torch.manual_seed(self.seed)
-        return create_feature_extractor(self.backbone, self._stages(), self.weights)
+        return self._stages()
 
     def _split_maps(
         self, feature_maps: list[torch.Tensor]
@@ -229,7 +226,7 @@ class Hybrid(PatchCore):
         labels = np.array([sample.label for sample in validation], dtype=int)
         bank_scores, head_scores = [], []
         for batch in self._batches([s.path for s in validation], desc="hybrid: fusion"):
-            bank, head = self._components(extract(self.extractor_, batch, self.image_size))
+            bank, head, _ = self._components(extract(self.extractor_, batch, self.image_size))
             bank_scores.append(bank)
             head_scores.append(head)
         bank_all, head_all = np.concatenate(bank_scores), np.concatenate(head_scores)
@@ -260,16 +257,15 @@ class Hybrid(PatchCore):
         self.head_stats_ = (0.0, 1.0)
         self.fusion_weight_, self.fusion_val_auroc_ = 0.0, None
 
-    def partial_fit(self, images: Sequence[Any]) -> Hybrid:
-        self.check_can_add_images()  # raises: the fusion was standardised on this bank
-        raise AssertionError("unreachable")
-
     # ------------------------------------------------------------------ score
-    def _components(self, feature_maps: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    def _components(
+        self, feature_maps: list[torch.Tensor]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """PatchCore's image scores, the head's log-odds, and PatchCore's patch-score grids."""
         bank, pooled = self._split_maps(feature_maps)
-        bank_scores, _ = super()._score_batch(bank)
+        bank_scores, grids = super()._score_batch(bank)
         head = ((pooled - self.head_mean_) / self.head_scale_) @ self.head_coef_
-        return bank_scores, head + self.head_intercept_
+        return bank_scores, head + self.head_intercept_, grids
 
     def _fuse(self, bank: np.ndarray, head: np.ndarray, weight: float) -> np.ndarray:
         bank_mean, bank_std = self.bank_stats_
@@ -278,13 +274,10 @@ class Hybrid(PatchCore):
         return bank_mean + bank_std * z
 
     def _score_batch(self, feature_maps: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        bank, pooled = self._split_maps(feature_maps)
-        bank_scores, grids = super()._score_batch(bank)
+        bank_scores, head, grids = self._components(feature_maps)
         if self.fusion_weight_ == 0.0:
-            return bank_scores, grids
-        head = ((pooled - self.head_mean_) / self.head_scale_) @ self.head_coef_
-        fused = self._fuse(bank_scores, head + self.head_intercept_, self.fusion_weight_)
-        return fused, grids
+            return bank_scores, grids  # exactly PatchCore's scores, not a rescaled copy
+        return self._fuse(bank_scores, head, self.fusion_weight_), grids
 
     # ------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:

@@ -138,6 +138,7 @@ class PatchCore(AnomalyModel):
         calibrated again on validation images (never on the images added here).
         """
         self.check_is_fitted()
+        self.check_can_add_images()  # a subclass whose scores depend on this bank may refuse
         images = list(images)
         if not images:
             raise DataError("partial_fit needs at least one good image; got none")
