@@ -20,6 +20,7 @@ from anomaly.data.dataset import Sample
 from anomaly.decision.statistics import clopper_pearson
 from anomaly.evaluation import metrics
 from anomaly.evaluation.split import score_split, split_fingerprint, split_metrics
+from anomaly.models.base import Prediction
 
 SIZE = 64
 
@@ -35,6 +36,12 @@ class BrightnessModel:
 
     def memory_bytes(self) -> int:
         return 0
+
+    defect_types_ = ()  # names no defect types, like every model without a type head
+
+    def score_batch(self, images: list[np.ndarray]) -> Prediction:
+        scores, maps = self.score_arrays(images)
+        return Prediction(scores=scores, anomaly_maps=maps, threshold=None)
 
     def score_arrays(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         maps = [1.0 - image.mean(axis=2).astype(np.float32) / 255.0 for image in images]

@@ -154,3 +154,76 @@ def test_fit_on_good_images_alone_is_patchcore_and_says_so(tmp_path) -> None:
     assert "no head" in hybrid.head_note_
     patchcore = PatchCore(**FAST).fit(good)
     np.testing.assert_array_equal(hybrid.predict(test).scores, patchcore.predict(test).scores)
+
+
+def with_scratch(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Paint a thin bright line across the part: a defect of another kind than the dark blob."""
+    out = image.copy()
+    y = int(rng.integers(8, image.shape[0] - 8))
+    out[y : y + 2, 4:-4] = 250
+    return out
+
+
+@pytest.fixture(scope="module")
+def typed(tmp_path_factory):
+    """A hybrid fitted on a category with two defect types, and its test run directory."""
+    base = tmp_path_factory.mktemp("typed")
+    root = make_category(base / "data" / "parts", n_good=30, n_defect=15)
+    rng = np.random.default_rng(1)
+    for i in range(15):
+        save_image(root / "scratch" / f"s{i:03d}.png", with_scratch(textured_part(rng, 64), rng))
+    config = fit_config(base / "data", base / "bundle")
+    return config, fit_category(config), base
+
+
+def test_defect_types_are_learned_named_and_evaluated(typed) -> None:
+    config, result, _ = typed
+    model = result.model
+    assert model.defect_types_ == ("blob", "scratch")
+    test = load_dataset(config).select("test")
+    prediction = model.predict([s.path for s in test])
+    assert prediction.defect_types == ("blob", "scratch")
+    np.testing.assert_allclose(prediction.type_probabilities.sum(axis=1), 1.0)
+    # Two kinds of defect a frozen backbone tells apart: named right far above chance.
+    named = result.summary["test"]["defect_types"]
+    assert named["accuracy"] >= 0.8, named
+    truth = [s.defect_type for s in test if s.label == 1]
+    predicted = [t for t, s in zip(prediction.predicted_types, test, strict=True) if s.label == 1]
+    right = [a == b for a, b in zip(truth, predicted, strict=True)]
+    assert named["accuracy"] == pytest.approx(np.mean(right))
+    assert set(named["per_type"]) == {"blob", "scratch"}
+    assert "defect type named correctly" in result.text()
+    assert "defect types: blob, scratch" in result.text()
+
+
+def test_scores_csv_and_report_name_the_type_of_rejected_parts(typed) -> None:
+    from anomaly.artifacts.rundir import read_scores
+    from anomaly.commands.score import score_paths
+    from anomaly.report import write_report
+
+    config, result, base = typed
+    loaded = load_bundle(result.bundle_dir).set_runtime(progress=False)
+    assert loaded.defect_types_ == ("blob", "scratch")
+    test = load_dataset(config).select("test")
+    run_dir = base / "run"
+    score_paths(loaded, [s.path for s in test], run_dir, heatmaps=False)
+    rows = read_scores(run_dir)
+    rejected = [r for r in rows if r.verdict == "NG"]
+    assert rejected and all(r.predicted_type in ("blob", "scratch") for r in rejected)
+    assert all(0.5 <= r.predicted_type_probability <= 1.0 for r in rejected)
+    assert all(r.predicted_type == "" for r in rows if r.verdict == "OK")
+    # The loaded bundle names the same types with the same probabilities as the fitted model.
+    paths = [s.path for s in test]
+    np.testing.assert_array_equal(
+        loaded.predict(paths).type_probabilities, result.model.predict(paths).type_probabilities
+    )
+    html = write_report(run_dir).read_text(encoding="utf-8")
+    assert "Likely type" in html and f"Likely defect type: {rejected[0].predicted_type}" in html
+
+
+def test_one_defect_type_names_none(fitted) -> None:
+    _, result = fitted
+    assert result.model.defect_types_ == ()
+    assert result.summary["test"]["defect_types"] is None
+    prediction = result.model.predict([np.zeros((64, 64, 3), np.uint8)])
+    assert prediction.predicted_types is None and prediction.defect_types == ()

@@ -8,7 +8,7 @@ from skimage.measure import label as cc_label
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomaly.decision.statistics import clopper_pearson
-from anomaly.evaluation import plots
+from anomaly.evaluation import metrics, plots
 from anomaly.evaluation.metrics import (
     accuracy_max,
     aupro,
@@ -405,3 +405,18 @@ def test_plots_write_non_empty_pngs(tmp_path):
         "roc.png",
         "sub",
     ]
+
+
+def test_defect_type_scores_precision_recall_and_accuracy() -> None:
+    true = ["gap", "gap", "gap", "smear", "smear", "bubble"]
+    predicted = ["gap", "gap", "smear", "smear", "gap", "gap"]
+    result = metrics.defect_type_scores(true, predicted)
+    assert result["accuracy"] == pytest.approx(3 / 6)
+    per_type = result["per_type"]
+    assert per_type["gap"] == {"precision": pytest.approx(2 / 4), "recall": pytest.approx(2 / 3)}
+    assert per_type["smear"] == {"precision": pytest.approx(1 / 2), "recall": pytest.approx(1 / 2)}
+    # Never predicted: no precision to speak of, and none of its parts named right.
+    assert per_type["bubble"] == {"precision": None, "recall": 0.0}
+    assert metrics.defect_type_scores([], []) == {"accuracy": None, "per_type": {}}
+    with pytest.raises(ValueError, match="2 true types but 1"):
+        metrics.defect_type_scores(["a", "b"], ["a"])

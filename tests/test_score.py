@@ -27,6 +27,7 @@ from anomaly.commands.cli import main
 from anomaly.commands.score import score_paths
 from anomaly.data import load_dataset
 from anomaly.decision.calibration import Calibration
+from anomaly.models.base import Prediction
 
 THRESHOLD = 2.0
 PIXEL_THRESHOLD = 1.5
@@ -61,6 +62,12 @@ class BrightestPixel:
 
     def check_is_fitted(self) -> None:
         pass
+
+    defect_types_ = ()  # names no defect types, like every model without a type head
+
+    def score_batch(self, images: list[np.ndarray]) -> Prediction:
+        scores, maps = self.score_arrays(images)
+        return Prediction(scores=scores, anomaly_maps=maps, threshold=self.calibration_.threshold)
 
     def score_arrays(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         maps = [image.max(axis=2).astype(np.float32) / 100 for image in images]

@@ -52,6 +52,9 @@ CSV_COLUMNS = (
     "defect_type",
     "mask",
 )
+#: Appended to :data:`CSV_COLUMNS` when the model names defect types (only then: files of every
+#: other model keep the format they always had).
+TYPE_COLUMNS = ("predicted_type", "predicted_type_probability")
 #: Columns without which a row cannot be shown at all.
 REQUIRED_COLUMNS = ("file", "score", "verdict")
 #: ``UNCALIBRATED``: scored by a model without a threshold, so there is a score but no verdict.
@@ -97,6 +100,9 @@ class ScoreRow:
     label: int | None = None
     defect_type: str = ""
     mask: str = ""
+    #: For a rejected part, when the model names defect types: the most likely one.
+    predicted_type: str = ""
+    predicted_type_probability: float | None = None
 
     def as_csv(self) -> dict[str, Any]:
         """The row's cells as written: numbers to 6 significant digits, None as empty."""
@@ -110,6 +116,8 @@ class ScoreRow:
             "label": "" if self.label is None else self.label,
             "defect_type": self.defect_type,
             "mask": self.mask,
+            "predicted_type": self.predicted_type,
+            "predicted_type_probability": _number(self.predicted_type_probability),
         }
 
     @classmethod
@@ -134,6 +142,8 @@ class ScoreRow:
             label=_as_label(cells.get("label", "")),
             defect_type=cells.get("defect_type", ""),
             mask=cells.get("mask", ""),
+            predicted_type=cells.get("predicted_type", ""),
+            predicted_type_probability=as_float(cells.get("predicted_type_probability")),
         )
 
 
@@ -154,9 +164,14 @@ def write_heatmap(run_dir: str | Path, index: int, file: str | Path, picture: np
     return name
 
 
-def write_scores(run_dir: str | Path, rows: Iterable[ScoreRow]) -> Path:
-    """Write ``scores.csv`` (header :data:`CSV_COLUMNS`, one line per row) atomically."""
-    return write_csv_atomic(Path(run_dir) / SCORES_CSV, CSV_COLUMNS, (row.as_csv() for row in rows))
+def write_scores(
+    run_dir: str | Path, rows: Iterable[ScoreRow], defect_types: bool = False
+) -> Path:
+    """Write ``scores.csv`` (header :data:`CSV_COLUMNS`, plus :data:`TYPE_COLUMNS` for a model
+    that names ``defect_types``; one line per row) atomically."""
+    columns = CSV_COLUMNS + TYPE_COLUMNS if defect_types else CSV_COLUMNS
+    cells = ({c: row.as_csv()[c] for c in columns} for row in rows)
+    return write_csv_atomic(Path(run_dir) / SCORES_CSV, columns, cells)
 
 
 def write_run_info(run_dir: str | Path, info: dict[str, Any]) -> Path:

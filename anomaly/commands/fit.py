@@ -83,6 +83,13 @@ class FitResult:
             )
         if test.get("pixel_auroc") is not None:
             lines.append(f"test pixel AUROC {test['pixel_auroc']:.4f}, AUPRO {test['aupro']:.4f}")
+        named = test.get("defect_types") or {}
+        if named.get("accuracy") is not None:
+            n_typed = sum(1 for _ in named["per_type"])
+            lines.append(
+                f"test defect type named correctly for {named['accuracy']:.1%} of the typed "
+                f"defects ({n_typed} types)"
+            )
         lines.append(
             f"inference {test['ms_per_image']:.0f} ms/image; bundle "
             f"{s['bundle_mb']:.1f} MB at {self.bundle_dir}"

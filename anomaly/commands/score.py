@@ -128,7 +128,8 @@ def score_paths(
         **(run_info or {}),
     }
     write_run_info(out, info)
-    write_scores(out, run.rows)  # last: its presence means the run finished
+    # Last: its presence means the run finished.
+    write_scores(out, run.rows, defect_types=bool(model.defect_types_))
     return run
 
 
@@ -159,35 +160,42 @@ def _score_batch(
         return rows
     images = [image for _, image, _ in loaded]
     try:
-        scores, maps = model.score_arrays(images)
+        prediction = model.score_batch(images)
     except Exception as error:  # one odd image must not cost the batch: retry one by one
         logger.warning("batch failed (%s); scoring its images one by one", error)
         return _score_one_by_one(model, loaded, out, heatmaps, calibration, rows)
-    for (row, image, index), score, anomaly_map in zip(loaded, scores, maps, strict=True):
-        _fill(row, image, index, float(score), anomaly_map, out, heatmaps, calibration)
+    for position, (row, image, index) in enumerate(loaded):
+        _fill(row, image, index, prediction, position, out, heatmaps, calibration)
     return rows
 
 
 def _score_one_by_one(model, loaded, out, heatmaps, calibration, rows) -> list[ScoreRow]:
     for row, image, index in loaded:
         try:
-            scores, maps = model.score_arrays([image])
+            prediction = model.score_batch([image])
         except Exception as error:
             row.error = f"could not be scored: {error}"
             continue
-        _fill(row, image, index, float(scores[0]), maps[0], out, heatmaps, calibration)
+        _fill(row, image, index, prediction, 0, out, heatmaps, calibration)
     return rows
 
 
-def _fill(row, image, index, score, anomaly_map, out, heatmaps, calibration) -> None:
-    row.score = score
+def _fill(row, image, index, prediction, position, out, heatmaps, calibration) -> None:
+    """Fill ``row`` from image ``position`` of a batch's ``prediction``."""
+    row.score = score = float(prediction.scores[position])
     if calibration is None:
         row.verdict = "UNCALIBRATED"
         return
     row.normalized_score = score / calibration.threshold
     row.verdict = verdict(score, calibration.threshold)
-    if row.verdict == NG and heatmaps:
-        picture = overlay(image, anomaly_map / calibration.pixel_threshold)
+    if row.verdict != NG:
+        return
+    types = prediction.predicted_types
+    if types is not None:  # the type of a rejected part is what a QA team triages by
+        row.predicted_type = types[position]
+        row.predicted_type_probability = float(prediction.predicted_type_probabilities[position])
+    if heatmaps:
+        picture = overlay(image, prediction.anomaly_maps[position] / calibration.pixel_threshold)
         row.heatmap = write_heatmap(out, index, row.file, picture)
 
 

@@ -35,6 +35,7 @@ from sklearn.metrics import (
     auc,
     average_precision_score,
     precision_recall_curve,
+    precision_recall_fscore_support,
     roc_auc_score,
 )
 
@@ -359,6 +360,36 @@ def per_group_auroc(labels: Any, scores: Any, groups: Any) -> dict[str, float | 
         keep = good | ((y == 1) & (names == group))
         result[group] = float(roc_auc_score(y[keep], s[keep])) if good.any() else None
     return result
+
+
+def defect_type_scores(true_types: Sequence[str], predicted_types: Sequence[str]) -> dict[str, Any]:
+    """How well a model names defect types: ``accuracy`` over the given defects, and for each
+    true type its ``precision`` (of the parts named so, the share that are) and ``recall`` (of
+    its parts, the share named so); ``None`` where a type was never predicted.
+
+    Both sequences hold one entry per *defective* image; a true type the model never learned
+    counts against recall like any other miss-naming.
+    """
+    true = [str(t) for t in true_types]
+    predicted = [str(t) for t in predicted_types]
+    if len(true) != len(predicted):
+        raise ValueError(f"{len(true)} true types but {len(predicted)} predicted ones")
+    if not true:
+        return {"accuracy": None, "per_type": {}}
+    names = sorted(set(true))
+    precision, recall, _, _ = precision_recall_fscore_support(
+        true, predicted, labels=names, zero_division=np.nan
+    )
+    return {
+        "accuracy": float(np.mean([t == p for t, p in zip(true, predicted, strict=True)])),
+        "per_type": {
+            name: {
+                "precision": None if math.isnan(pr) else float(pr),
+                "recall": float(rc),
+            }
+            for name, pr, rc in zip(names, precision, recall, strict=True)
+        },
+    }
 
 
 def _fmt_target(value: float) -> str:

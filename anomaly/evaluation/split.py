@@ -52,6 +52,8 @@ class SplitScores:
     masks: list[np.ndarray] = field(default_factory=list)
     mask_errors: list[str] = field(default_factory=list)
     model_seconds: float = 0.0
+    #: The model's most likely defect type per image, when it names types (else None).
+    predicted_types: list[str] | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -88,14 +90,20 @@ def score_split(model: AnomalyModel, samples: Sequence[Sample]) -> SplitScores:
     maps: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     mask_errors: list[str] = []
+    predicted_types: list[str] | None = []
     model_seconds = 0.0
     started = time.perf_counter()
     for batch_samples in batches(samples, model.batch_size, "evaluating", model.progress):
         batch = [load_image(s.path) for s in batch_samples]
         model_started = time.perf_counter()
-        batch_scores, batch_maps = model.score_arrays(batch)
+        prediction = model.score_batch(batch)
         model_seconds += time.perf_counter() - model_started
+        batch_scores, batch_maps = prediction.scores, prediction.anomaly_maps
         scores.append(batch_scores)
+        types = prediction.predicted_types
+        predicted_types = (
+            None if types is None or predicted_types is None else predicted_types + types
+        )
         maxima.extend(float(m.max()) for m in batch_maps)
         if not with_masks:
             continue
@@ -122,6 +130,7 @@ def score_split(model: AnomalyModel, samples: Sequence[Sample]) -> SplitScores:
         masks=masks,
         mask_errors=mask_errors,
         model_seconds=model_seconds,
+        predicted_types=predicted_types if predicted_types and samples else None,
     )
 
 
@@ -140,8 +149,10 @@ def _sample_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
 def split_metrics(
     split: SplitScores, threshold: float | None, confidence: float = 0.95
 ) -> dict[str, Any]:
-    """Image metrics (with the operating point at ``threshold``), per-defect-type AUROC and,
-    where masks exist, pixel AUROC and AUPRO."""
+    """Image metrics (with the operating point at ``threshold``), per-defect-type AUROC,
+    where masks exist pixel AUROC and AUPRO, and where the model names defect types how well
+    it names them (``defect_types``: :func:`~anomaly.evaluation.metrics.defect_type_scores`
+    over every typed defect of the split, rejected or not)."""
     labels = split.labels
     result = metrics.image_metrics(labels, split.scores, threshold, confidence)
     types = [s.defect_type for s in split.samples]
@@ -162,8 +173,20 @@ def split_metrics(
         result["aupro"] = None
         result["not_computed"]["pixel_auroc"] = reason
         result["not_computed"]["aupro"] = reason
+    result["defect_types"] = _defect_type_scores(split)
     result["ms_per_image"] = round(split.ms_per_image, 2)
     return result
+
+
+def _defect_type_scores(split: SplitScores) -> dict[str, Any] | None:
+    if split.predicted_types is None:
+        return None
+    typed = [
+        (sample.defect_type, predicted)
+        for sample, predicted in zip(split.samples, split.predicted_types, strict=True)
+        if sample.label == 1 and sample.defect_type
+    ]
+    return metrics.defect_type_scores([t for t, _ in typed], [p for _, p in typed])
 
 
 def _pixel_reason(split: SplitScores) -> str | None:

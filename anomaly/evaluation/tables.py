@@ -151,6 +151,7 @@ def evaluation_tables(rows: Sequence[Mapping[str, Any]], confidence: float) -> l
         ],
     )
     lines += _per_type_table(rows)
+    lines += _defect_type_table(rows)
     reasons: dict[str, list[str]] = {}
     for r in rows:
         for name, reason in r["not_computed"].items():
@@ -159,6 +160,31 @@ def evaluation_tables(rows: Sequence[Mapping[str, Any]], confidence: float) -> l
         lines += ["", "Not computed:"]
         lines += [f"  {text} [{', '.join(labels)}]" for text, labels in reasons.items()]
     return lines
+
+
+def _defect_type_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """For models that name defect types: precision / recall of each type, and accuracy."""
+    named = [r for r in rows if r.get("defect_types") and r["defect_types"]["per_type"]]
+    if not named:
+        return []
+    types = sorted({t for r in named for t in r["defect_types"]["per_type"]})
+    table_rows = []
+    for r in named:
+        per_type = r["defect_types"]["per_type"]
+        cells = [r["label"], pct(r["defect_types"]["accuracy"])]
+        for t in types:
+            entry = per_type.get(t)
+            cells.append(
+                MISSING
+                if entry is None
+                else f"{pct(entry['precision'])} / {pct(entry['recall'])}"
+            )
+        table_rows.append(cells)
+    return [
+        "",
+        "Defect type named, over every typed defect: accuracy, and precision / recall per type:",
+        *format_table(["model", "accuracy", *types], table_rows),
+    ]
 
 
 def _per_type_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:

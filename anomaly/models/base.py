@@ -61,6 +61,27 @@ class Prediction:
     anomaly_maps: list[np.ndarray]
     threshold: float | None = None
     pixel_threshold: float | None = None
+    #: The defect types the model tells apart (empty for a model that names none), and the
+    #: ``(n, len(defect_types))`` probability of each per image.
+    defect_types: tuple[str, ...] = ()
+    type_probabilities: np.ndarray | None = None
+
+    @property
+    def predicted_types(self) -> list[str] | None:
+        """The most likely defect type per image, or None when the model names no types.
+
+        Given for every image, as if it were a defect: whether it is one is the verdict's
+        business, and a QA team reads the type of rejected parts only."""
+        if self.type_probabilities is None or not self.defect_types:
+            return None
+        return [self.defect_types[i] for i in self.type_probabilities.argmax(axis=1)]
+
+    @property
+    def predicted_type_probabilities(self) -> np.ndarray | None:
+        """The probability of each image's most likely defect type ``(n,)``."""
+        if self.type_probabilities is None or not self.defect_types:
+            return None
+        return self.type_probabilities.max(axis=1)
 
     @property
     def normalized_scores(self) -> np.ndarray | None:
@@ -96,6 +117,9 @@ class AnomalyModel:
     #: classifier's probability 0.5); ``None`` for anomaly scores, which have none.
     native_threshold: ClassVar[float | None] = None
     default_layers: ClassVar[tuple[int, ...]] = (2, 3)
+    #: Defect types the fitted model tells apart (see :attr:`Prediction.defect_types`); only a
+    #: model that learns from typed defect labels names any.
+    defect_types_: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ parameters
     def __init__(
@@ -285,26 +309,41 @@ class AnomalyModel:
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: Sequence[ImageInput]) -> Prediction:
-        """Score ``images``: image scores, anomaly maps at each image's size, verdicts."""
+        """Score ``images``: image scores, anomaly maps at each image's size, verdicts, and
+        defect types where the model names them."""
         self.check_is_fitted()
-        images = list(images)
-        scores: list[np.ndarray] = []
-        maps: list[np.ndarray] = []
-        for batch in self._batches(images, desc=f"{self.model_name}: scoring"):
-            batch_scores, batch_maps = self.score_arrays(batch)
-            scores.append(batch_scores)
-            maps.extend(batch_maps)
-        calibration = getattr(self, "calibration_", None)
-        return Prediction(
-            scores=np.concatenate(scores) if scores else np.empty(0),
-            anomaly_maps=maps,
-            threshold=None if calibration is None else calibration.threshold,
-            pixel_threshold=None if calibration is None else calibration.pixel_threshold,
+        parts = [
+            self.score_batch(batch)
+            for batch in self._batches(list(images), desc=f"{self.model_name}: scoring")
+        ]
+        if not parts:
+            return self._prediction(np.empty(0), [])
+        types = [p.type_probabilities for p in parts]
+        return self._prediction(
+            np.concatenate([p.scores for p in parts]),
+            [m for p in parts for m in p.anomaly_maps],
+            None if any(t is None for t in types) else np.concatenate(types),
         )
+
+    def score_batch(self, images: Sequence[np.ndarray]) -> Prediction:
+        """Score one batch of loaded RGB images: scores, one map per image, the threshold and,
+        for a model that names defect types, their probabilities."""
+        scores, maps = self.score_arrays(images)
+        return self._prediction(scores, maps)
 
     def score_arrays(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Score one batch of loaded RGB images: scores ``(B,)`` and one map per image."""
+        scores, maps, _ = self._score_pass(images)
+        return scores, maps
+
+    def _score_pass(
+        self, images: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray], list[torch.Tensor]]:
+        """Scores, maps at each image's size, and the backbone features they came from (a
+        model that reads more from the same pass, such as defect types, uses the latter)."""
         self.check_is_fitted()
+        if not images:
+            return np.empty(0), [], []
         with limited_threads(self.num_threads):
             feature_maps = extract(self.extractor_, images, self.image_size)
             scores, patch_grids = self._score_batch(feature_maps)
@@ -312,7 +351,23 @@ class AnomalyModel:
             anomaly_map(grid, self.image_size, image.shape[:2], self.blur_sigma)
             for grid, image in zip(patch_grids, images, strict=True)
         ]
-        return scores, maps
+        return scores, maps, feature_maps
+
+    def _prediction(
+        self,
+        scores: np.ndarray,
+        maps: list[np.ndarray],
+        type_probabilities: np.ndarray | None = None,
+    ) -> Prediction:
+        calibration = getattr(self, "calibration_", None)
+        return Prediction(
+            scores=scores,
+            anomaly_maps=maps,
+            threshold=None if calibration is None else calibration.threshold,
+            pixel_threshold=None if calibration is None else calibration.pixel_threshold,
+            defect_types=tuple(self.defect_types_) if type_probabilities is not None else (),
+            type_probabilities=type_probabilities,
+        )
 
     # ------------------------------------------------------------------ self-description
     def memory_bytes(self) -> int:

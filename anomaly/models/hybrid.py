@@ -21,6 +21,13 @@ them too (one number from 21 candidates: a small optimism, stated in the summary
 
 With fewer than ``min_defects`` labelled train defects there is no head: the model says so and
 scores exactly as PatchCore.
+
+Where the train defects carry two or more defect types (MVTec-style ``train/<type>/`` folders,
+YOLO classes, the built-in sealant's six types), a second, multinomial logistic regression on
+the same standardised features names the most likely type of each part (``defect_types_``,
+:attr:`~anomaly.models.base.Prediction.predicted_types`); QA teams triage rejected parts by
+type. Its regularisation is chosen by cross-validated balanced accuracy inside the train
+defects. It does not touch the score or the verdict.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from anomaly.components.features import extract
@@ -39,7 +48,7 @@ from anomaly.components.threads import limited_threads
 from anomaly.data.dataset import Sample
 from anomaly.errors import BundleError, DataError
 from anomaly.evaluation import metrics
-from anomaly.models.base import good_subset
+from anomaly.models.base import Prediction, good_subset
 from anomaly.models.patchcore import PatchCore
 
 logger = logging.getLogger(__name__)
@@ -155,6 +164,7 @@ class Hybrid(PatchCore):
             features = np.concatenate([good_features, defect_features])
             labels = np.r_[np.zeros(len(good_features), int), np.ones(len(defect_features), int)]
             self._fit_head(features, labels)
+            self._fit_type_head(defect_features, [sample.defect_type for sample in defects])
             self._fit_fusion(validation)
         logger.info(
             "hybrid: head on %d good + %d defect train images (C=%g, CV AUROC %.4f); fusion "
@@ -221,6 +231,48 @@ class Hybrid(PatchCore):
     def _head(self, c: float) -> LogisticRegression:
         return LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
 
+    def _fit_type_head(self, features: np.ndarray, types: Sequence[str]) -> None:
+        """A multinomial head naming the defect type, when the train defects have two or more
+        types; C by cross-validated balanced accuracy (when every type has two images or more).
+        """
+        names = sorted({str(t) for t in types if t})
+        self._no_type_head(features.shape[1])
+        if len(names) < 2:
+            return
+        keep = np.array([bool(t) for t in types])
+        x = (features[keep] - self.head_mean_) / self.head_scale_
+        y = np.array([names.index(str(t)) for t in types if t])
+        smallest = int(np.bincount(y).min())
+        best_c, best_score = 0.1, float("nan")  # C when a type is too rare to cross-validate
+        if smallest >= 2:
+            folds = StratifiedKFold(min(5, smallest), shuffle=True, random_state=self.seed)
+            best_score = -1.0
+            for c in C_GRID:
+                predicted = cross_val_predict(self._head(c), x, y, cv=folds)
+                score = float(balanced_accuracy_score(y, predicted))
+                if score > best_score + 1e-12:
+                    best_c, best_score = c, score
+        head = self._head(best_c).fit(x, y)
+        coef, intercept = head.coef_.astype(np.float64), head.intercept_.astype(np.float64)
+        if len(names) == 2:  # sklearn keeps one row for two classes: softmax([-z/2, z/2]) = sigmoid
+            coef, intercept = np.vstack([-coef / 2, coef / 2]), np.r_[-intercept / 2, intercept / 2]
+        self.defect_types_ = tuple(names)
+        self.type_coef_, self.type_intercept_ = coef, intercept
+        self.type_c_, self.type_cv_accuracy_ = float(best_c), best_score
+
+    def _no_type_head(self, n_features: int) -> None:
+        self.defect_types_ = ()
+        self.type_coef_ = np.zeros((0, n_features))
+        self.type_intercept_ = np.zeros(0)
+        self.type_c_, self.type_cv_accuracy_ = 0.0, float("nan")
+
+    def _type_probabilities(self, feature_maps: list[torch.Tensor]) -> np.ndarray | None:
+        if not self.defect_types_:
+            return None
+        _, pooled = self._split_maps(feature_maps)
+        logits = ((pooled - self.head_mean_) / self.head_scale_) @ self.type_coef_.T
+        return softmax(logits + self.type_intercept_, axis=1)
+
     def _fit_fusion(self, validation: Sequence[Sample]) -> None:
         """Standardise both scores on the validation good images; choose the weight there."""
         labels = np.array([sample.label for sample in validation], dtype=int)
@@ -256,6 +308,7 @@ class Hybrid(PatchCore):
         self.bank_stats_ = (0.0, 1.0)
         self.head_stats_ = (0.0, 1.0)
         self.fusion_weight_, self.fusion_val_auroc_ = 0.0, None
+        self._no_type_head(n_features)
 
     # ------------------------------------------------------------------ score
     def _components(
@@ -279,6 +332,12 @@ class Hybrid(PatchCore):
             return bank_scores, grids  # exactly PatchCore's scores, not a rescaled copy
         return self._fuse(bank_scores, head, self.fusion_weight_), grids
 
+    def score_batch(self, images: Sequence[np.ndarray]) -> Prediction:
+        # The type head reads the very backbone pass the scores came from.
+        scores, maps, feature_maps = self._score_pass(images)
+        types = self._type_probabilities(feature_maps) if feature_maps else None
+        return self._prediction(scores, maps, types)
+
     # ------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:
         return {
@@ -288,6 +347,7 @@ class Hybrid(PatchCore):
             "fusion_weight": self.fusion_weight_,
             "head_c": self.head_c_,
             "head_note": self.head_note_,
+            "defect_types": list(self.defect_types_),
         }
 
     def summary_lines(self) -> list[str]:
@@ -302,11 +362,20 @@ class Hybrid(PatchCore):
                 f"{self.fusion_weight_:.2f} (validation AUROC {self.fusion_val_auroc_:.4f}; the "
                 "same validation images calibrate the threshold)"
             )
+        if self.defect_types_:
+            how = (
+                f"train CV balanced accuracy {self.type_cv_accuracy_:.3f}"
+                if np.isfinite(self.type_cv_accuracy_)
+                else "a type has one train image: not cross-validated"
+            )
+            lines.append(
+                f"defect types: {', '.join(self.defect_types_)} (logistic regression, "
+                f"C={self.type_c_:g}, {how})"
+            )
         return lines
 
     # ------------------------------------------------------------------ persistence
     def state_tensors(self) -> dict[str, np.ndarray]:
-        note = np.frombuffer(self.head_note_.encode(), dtype=np.uint8).copy()
         return {
             **super().state_tensors(),
             "head_mean": self.head_mean_,
@@ -324,7 +393,11 @@ class Hybrid(PatchCore):
                 ]
             ),
             "head_counts": np.array([self.n_train_good_, self.n_train_defects_], dtype=np.int64),
-            "head_note": note if note.size else np.zeros(0, dtype=np.uint8),
+            "head_note": _text_tensor(self.head_note_),
+            "type_coef": self.type_coef_,
+            "type_intercept": self.type_intercept_,
+            "type_scalars": np.array([self.type_c_, self.type_cv_accuracy_]),
+            "type_names": _text_tensor("\n".join(self.defect_types_)),
         }
 
     def load_state(self, tensors: dict[str, np.ndarray], bundle_dir: Any) -> None:
@@ -345,3 +418,21 @@ class Hybrid(PatchCore):
         self.fusion_val_auroc_ = None if np.isnan(scalars[8]) else scalars[8]
         self.n_train_good_, self.n_train_defects_ = counts
         self.head_note_ = note
+        if "type_names" not in tensors:  # a bundle from before the type head names no types
+            self._no_type_head(self.head_coef_.shape[0])
+            return
+        names = bytes(tensors["type_names"].astype(np.uint8)).decode()
+        self.defect_types_ = tuple(names.split("\n")) if names else ()
+        n_types, n_features = len(self.defect_types_), self.head_coef_.shape[0]
+        self.type_coef_ = tensors["type_coef"].reshape(n_types, n_features if n_types else 0)
+        if not n_types:
+            self.type_coef_ = np.zeros((0, n_features))
+        self.type_intercept_ = tensors["type_intercept"]
+        self.type_c_, self.type_cv_accuracy_ = (float(v) for v in tensors["type_scalars"])
+        if self.type_intercept_.shape != (len(self.defect_types_),):
+            raise BundleError(f"{bundle_dir}: type head does not match its {names!r} types")
+
+
+def _text_tensor(text: str) -> np.ndarray:
+    """UTF-8 ``text`` as a uint8 array, the form safetensors stores (no pickle, no strings)."""
+    return np.frombuffer(text.encode(), dtype=np.uint8).copy()

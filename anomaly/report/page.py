@@ -118,6 +118,14 @@ def _truth_text(part: Part) -> str:
     return f"{text} — missed" if part.verdict == "OK" else text
 
 
+def _type_text(part: Part) -> str:
+    """The model's most likely defect type of a rejected part, with its probability."""
+    if not part.predicted_type:
+        return ""
+    probability = part.predicted_type_probability
+    return part.predicted_type + ("" if probability is None else f" ({probability:.0%})")
+
+
 def _summary(run: RunData) -> str:
     cal, meta = run.calibration, run.meta
     validation = cal.get("validation") if isinstance(cal.get("validation"), dict) else {}
@@ -304,6 +312,12 @@ def _table(run: RunData, images: dict[int, PartImages], files_href: str, prefix:
         ' title="score ÷ threshold; 1.0 is the threshold">Normalised</th>',
         '<th data-sort="text">Verdict</th>',
     ]
+    types = run.has_predicted_types
+    if types:
+        head.append(
+            '<th data-sort="text" title="the model\'s most likely defect type of a rejected'
+            ' part, and its probability">Likely type</th>'
+        )
     if truth:
         head.append('<th data-sort="text">Ground truth</th>')
     head.append('<th data-sort="text">Error</th>')
@@ -324,6 +338,8 @@ def _table(run: RunData, images: dict[int, PartImages], files_href: str, prefix:
             f"{_num(part.normalized, '.3f')}</td>",
             f'<td><span class="verdict {part.verdict}">{part.verdict}</span></td>',
         ]
+        if types:
+            cells.append(f"<td>{_e(_type_text(part))}</td>")
         if truth:
             cells.append(f"<td>{_e(_truth_text(part))}</td>")
         cells.append(f"<td>{_e(part.error)}</td>")
@@ -382,14 +398,16 @@ def _detail(
         ),
     ]
     truth_line = ""
+    if part.predicted_type:
+        truth_line = f'<p class="predicted-type">Likely defect type: {_e(_type_text(part))}</p>'
     if part.label is not None or part.mask is not None:
         if part.label == 0:
-            truth_line = (
+            truth_line += (
                 '<p class="truth-label false-alarm">Ground truth: good — this '
                 "rejection is a false alarm.</p>"
             )
         else:
-            truth_line = f'<p class="truth-label">Ground truth: {_e(_truth_text(part))}</p>'
+            truth_line += f'<p class="truth-label">Ground truth: {_e(_truth_text(part))}</p>'
         if part.mask is not None:
             area = (
                 f"; {100 * rendered.truth_area:.2f}% of the image"

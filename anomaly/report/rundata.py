@@ -37,6 +37,8 @@ class Part:
     label: int | None  # 0 good, 1 defect, None unknown
     defect_type: str
     mask: Path | None
+    predicted_type: str = ""  # the model's most likely defect type, for a rejected part
+    predicted_type_probability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,11 @@ class RunData:
     def count(self, verdict: str) -> int:
         """Number of parts with ``verdict``."""
         return sum(1 for part in self.parts if part.verdict == verdict)
+
+    @property
+    def has_predicted_types(self) -> bool:
+        """Whether the model named defect types (then the report shows them)."""
+        return any(p.predicted_type for p in self.parts)
 
     @property
     def has_ground_truth(self) -> bool:
@@ -93,6 +100,8 @@ def _part(index: int, row: ScoreRow, run_dir: Path, threshold: float | None) -> 
         label=row.label,
         defect_type=row.defect_type,
         mask=_resolve(row.mask, None),
+        predicted_type=row.predicted_type,
+        predicted_type_probability=row.predicted_type_probability,
     )
 
 
