@@ -164,9 +164,7 @@ def write_heatmap(run_dir: str | Path, index: int, file: str | Path, picture: np
     return name
 
 
-def write_scores(
-    run_dir: str | Path, rows: Iterable[ScoreRow], defect_types: bool = False
-) -> Path:
+def write_scores(run_dir: str | Path, rows: Iterable[ScoreRow], defect_types: bool = False) -> Path:
     """Write ``scores.csv`` (header :data:`CSV_COLUMNS`, plus :data:`TYPE_COLUMNS` for a model
     that names ``defect_types``; one line per row) atomically."""
     columns = CSV_COLUMNS + TYPE_COLUMNS if defect_types else CSV_COLUMNS

@@ -175,9 +175,7 @@ def _defect_type_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         for t in types:
             entry = per_type.get(t)
             cells.append(
-                MISSING
-                if entry is None
-                else f"{pct(entry['precision'])} / {pct(entry['recall'])}"
+                MISSING if entry is None else f"{pct(entry['precision'])} / {pct(entry['recall'])}"
             )
         table_rows.append(cells)
     return [
