@@ -466,6 +466,7 @@ class SupervisedClassifier(AnomalyModel):
         max_rotation: float = 10.0,
         grayscale: bool = False,
         blur_sigma: float = 4.0,
+        group_by: str | None = None,
         batch_size: int = 8,
         num_threads: int = 0,
         seed: int = 0,
@@ -481,6 +482,13 @@ class SupervisedClassifier(AnomalyModel):
         super()._check_params()
         # Before any image is read: an unknown name raises BackboneError suggesting close ones.
         classifier_spec(self.backbone)
+        if self.group_by is not None:
+            # Its classifier learns the groups along with the labels; scales per group would
+            # need a validation pass it does not make.
+            raise ConfigError(
+                f"data.group_by={self.group_by!r}: the supervised baseline takes no groups "
+                "(patchcore, padim and hybrid do)"
+            )
         if self.head not in HEADS:
             raise ConfigError(f"baseline.head={self.head!r}: choose one of {', '.join(HEADS)}")
         if self.imbalance not in IMBALANCE:

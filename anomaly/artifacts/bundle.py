@@ -82,7 +82,7 @@ def save_bundle(
     staging = make_staging_dir(target)
     try:
         (staging / CONFIG).write_text(config_yaml or "# fitted from the Python API\n")
-        tensors = {k: np.ascontiguousarray(v) for k, v in model.state_tensors().items()}
+        tensors = {k: np.ascontiguousarray(v) for k, v in model.bundle_tensors().items()}
         save_file(tensors, str(staging / TENSORS))
         model.write_extra_files(staging)
         files = sorted(p.name for p in staging.iterdir())

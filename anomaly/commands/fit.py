@@ -42,6 +42,7 @@ def build_model(config: DictConfig) -> AnomalyModel:
         layers=None if config.backbone.layers is None else list(config.backbone.layers),
         weights=config.backbone.weights,
         image_size=config.image_size,
+        group_by=config.data.group_by,
         batch_size=config.runtime.batch_size,
         num_threads=config.runtime.num_threads,
         seed=config.runtime.seed,

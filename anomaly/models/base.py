@@ -31,11 +31,12 @@ from torch import nn
 
 from anomaly.components.backbones import FeatureExtractor, create_feature_extractor
 from anomaly.components.features import extract
+from anomaly.components.groups import GroupScales, descriptors
 from anomaly.components.maps import anomaly_map
 from anomaly.components.threads import limited_threads
 from anomaly.decision import calibration as calibration_module
 from anomaly.decision import verdict as verdict_rule
-from anomaly.errors import BundleError, DataError, NotFittedError, UnsupportedError
+from anomaly.errors import BundleError, ConfigError, DataError, NotFittedError, UnsupportedError
 from anomaly.io.batches import batches
 from anomaly.io.images import load_image
 
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ImageInput = np.ndarray | str | Path
+#: Where a part's group comes from (``data.group_by``): None, no groups; ``"dataset"``, the
+#: group the dataset's layout gives each image (ELPV: the cell type, mono or poly).
+GROUP_BY = (None, "dataset")
 _Model = TypeVar("_Model", bound="AnomalyModel")
 
 
@@ -120,6 +124,8 @@ class AnomalyModel:
     #: Defect types the fitted model tells apart (see :attr:`Prediction.defect_types`); only a
     #: model that learns from typed defect labels names any.
     defect_types_: tuple[str, ...] = ()
+    #: Per-group score scales (``group_by``), None when the model was fitted without groups.
+    group_scales_: GroupScales | None = None
 
     # ------------------------------------------------------------------ parameters
     def __init__(
@@ -129,6 +135,7 @@ class AnomalyModel:
         weights: str = "imagenet",
         image_size: int = 256,
         blur_sigma: float = 4.0,
+        group_by: str | None = None,
         batch_size: int = 8,
         num_threads: int = 0,
         seed: int = 0,
@@ -186,10 +193,16 @@ class AnomalyModel:
             started = time.perf_counter()
             self.extractor_ = self._make_extractor()
             self._fit_begin()
+            self.group_scales_ = None
+            self._train_descriptors: list[np.ndarray] = []
             for batch in self._batches(images, desc=f"{self.model_name}: features"):
                 feature_maps = extract(self.extractor_, batch, self.image_size)
                 self._fit_batch(feature_maps)
+                if self.group_by is not None:  # kept for fit_samples' group classifier
+                    self._train_descriptors.append(descriptors(feature_maps))
             self._fit_end()
+            if self.group_by is None:
+                del self._train_descriptors
         self.n_train_images_ = len(images)
         self.fit_seconds_ = time.perf_counter() - started
         self.backbone_sha256_ = self.extractor_.weights_sha256()
@@ -215,7 +228,63 @@ class AnomalyModel:
         """
         good = good_subset(train, max_good_images, subset_seed)
         logger.info("fitting %s on %d good images", self.model_name, len(good))
-        return self.fit([sample.path for sample in good])
+        self.fit([sample.path for sample in good])
+        if self.group_by is not None:
+            self._fit_groups(good, validation)
+        return self
+
+    def _fit_groups(self, good: Sequence[Sample], validation: Sequence[Sample]) -> None:
+        """Learn to recognise the groups of the good train images ``good`` (in the order
+        :meth:`fit` saw them) and each group's score scale on the good ``validation`` images.
+
+        The validation images only set means and spreads here (as they set the threshold
+        later); nothing is trained on them.
+        """
+        val_good = [sample for sample in validation if sample.label == 0]
+        self.group_scales_ = None  # raw scores for the statistics
+        scores, features = [], []
+        for batch in self._batches([s.path for s in val_good], desc="groups: validation"):
+            batch_scores, _, feature_maps = self._score_pass(batch)
+            scores.append(batch_scores)
+            features.append(descriptors(feature_maps))
+        self._set_group_scales(
+            good,
+            np.concatenate(scores) if scores else np.empty(0),
+            np.concatenate(features) if features else np.empty((0, 0)),
+            [sample.group for sample in val_good],
+        )
+
+    def _set_group_scales(
+        self,
+        good: Sequence[Sample],
+        val_scores: np.ndarray,
+        val_features: np.ndarray,
+        val_groups: Sequence[str | None],
+    ) -> None:
+        """Fit the group classifier on the train descriptors and the per-group scales on the
+        good validation images' scores and descriptors (their true groups only measure how
+        well groups are recognised)."""
+        missing = [sample.path for sample in good if not sample.group]
+        if missing:
+            raise DataError(
+                f"group_by={self.group_by!r}: {len(missing)} good train image(s) have no group, "
+                f"e.g. {missing[0]} (the dataset's layout gives none)"
+            )
+        scales = GroupScales().fit(
+            np.concatenate(self._train_descriptors), [str(sample.group) for sample in good]
+        )
+        del self._train_descriptors
+        self.group_notes_ = scales.fit_scales(val_scores, val_features)
+        for note in self.group_notes_:
+            logger.warning("%s", note)
+        predicted = scales.predict(val_features)
+        self.group_val_accuracy_ = (
+            float(np.mean([p == str(t) for p, t in zip(predicted, val_groups, strict=True)]))
+            if val_groups and all(val_groups)
+            else None
+        )
+        self.group_scales_ = scales
+        logger.info("groups %s: scores standardised per group", ", ".join(scales.names_))
 
     def set_runtime(
         self,
@@ -250,6 +319,12 @@ class AnomalyModel:
             raise UnsupportedError(
                 f"{type(self).__name__} cannot add images to a fitted model: it keeps no "
                 "per-image state to extend; fit it again on all good images"
+            )
+        if self.group_scales_ is not None:
+            raise UnsupportedError(
+                f"{type(self).__name__} fitted with group_by={self.group_by!r} cannot add "
+                "images: its per-group score scales would no longer match the bank; fit it "
+                "again on all good images"
             )
 
     def calibrate(
@@ -347,6 +422,10 @@ class AnomalyModel:
         with limited_threads(self.num_threads):
             feature_maps = extract(self.extractor_, images, self.image_size)
             scores, patch_grids = self._score_batch(feature_maps)
+        if self.group_scales_ is not None:
+            features = descriptors(feature_maps)
+            scores = self.group_scales_.apply(scores, features)
+            patch_grids = self.group_scales_.apply(np.asarray(patch_grids), features)
         maps = [
             anomaly_map(grid, self.image_size, image.shape[:2], self.blur_sigma)
             for grid, image in zip(patch_grids, images, strict=True)
@@ -376,7 +455,7 @@ class AnomalyModel:
         Default: the arrays the bundle saves. A model that holds more (a faiss index) or holds
         its arrays differently overrides this.
         """
-        return sum(int(np.asarray(v).nbytes) for v in self.state_tensors().values())
+        return sum(int(np.asarray(v).nbytes) for v in self.bundle_tensors().values())
 
     def external_weights_bytes(self) -> int:
         """Bytes of frozen weights the model loads from elsewhere (not stored in its bundle)."""
@@ -410,11 +489,21 @@ class AnomalyModel:
             "fit_cpu_seconds": None,
             "model_memory_mb": round(self.memory_bytes() / 2**20, 2),
             "external_weights_mb": round(self.external_weights_bytes() / 2**20, 2),
+            **({} if self.group_scales_ is None else self.group_scales_.describe()),
         }
 
     def summary_lines(self) -> list[str]:
-        """Lines of the model's own facts for the summary ``anomaly fit`` prints (none here)."""
-        return []
+        """Lines of the model's own facts for the summary ``anomaly fit`` prints."""
+        scales = self.group_scales_
+        if scales is None:
+            return []
+        accuracy = getattr(self, "group_val_accuracy_", None)
+        recognised = "" if accuracy is None else f", {accuracy:.1%} on good validation images"
+        return [
+            f"groups ({self.group_by}): {', '.join(scales.names_)}; each part's group recognised "
+            f"from its features (train accuracy {scales.train_accuracy_:.1%}{recognised}), its "
+            "score standardised within the group on the good validation images"
+        ]
 
     # ------------------------------------------------------------------ bundles
     def bundle_metadata(self) -> dict[str, Any]:
@@ -465,6 +554,9 @@ class AnomalyModel:
             raise BundleError(f"{bundle_dir}: holds a {name!r} model, not {cls.model_name!r}")
         model = cls(**metadata["params"])
         model.load_state(tensors, bundle_dir)
+        model.group_scales_ = GroupScales.from_tensors(tensors, bundle_dir)
+        if (model.group_scales_ is None) != (model.group_by is None):
+            raise BundleError(f"{bundle_dir}: group_by={model.group_by!r} but group scales differ")
         model.extractor_ = model._restore_extractor(tensors, bundle_dir)
         expected_weights = metadata["backbone"]["weights_sha256"]
         if model.extractor_.weights_sha256() != expected_weights:
@@ -495,6 +587,11 @@ class AnomalyModel:
             raise DataError(f"image_size={self.image_size}: must be at least 32 pixels")
         if self.batch_size < 1:
             raise DataError(f"batch_size={self.batch_size}: must be at least 1")
+        if self.group_by not in GROUP_BY:
+            raise ConfigError(
+                f"data.group_by={self.group_by!r}: expected one of "
+                f"{', '.join(repr(v) for v in GROUP_BY)}"
+            )
 
     def _fit_begin(self) -> None:
         """Prepare to learn; ``extractor_`` is built already."""
@@ -511,8 +608,14 @@ class AnomalyModel:
         raise NotImplementedError
 
     def state_tensors(self) -> dict[str, np.ndarray]:
-        """Learned arrays saved to the bundle's safetensors file."""
+        """Learned arrays of the model itself (see :meth:`bundle_tensors`)."""
         raise NotImplementedError
+
+    def bundle_tensors(self) -> dict[str, np.ndarray]:
+        """Every array the bundle's safetensors file holds: the model's own state and, when
+        fitted with groups, the group scales (restored by :meth:`from_bundle`)."""
+        groups = {} if self.group_scales_ is None else self.group_scales_.to_tensors()
+        return {**self.state_tensors(), **groups}
 
     def load_state(self, tensors: dict[str, np.ndarray], bundle_dir: Path) -> None:
         """Restore learned state from the bundle (the inverse of ``state_tensors``/extra files)."""

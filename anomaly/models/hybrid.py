@@ -44,6 +44,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from anomaly.components.features import extract
+from anomaly.components.groups import descriptors
 from anomaly.components.threads import limited_threads
 from anomaly.data.dataset import Sample
 from anomaly.errors import BundleError, DataError
@@ -89,6 +90,7 @@ class Hybrid(PatchCore):
         head_layers: Sequence[int] = (1, 2, 3, 4),
         min_defects: int = 2,
         blur_sigma: float = 4.0,
+        group_by: str | None = None,
         batch_size: int = 8,
         num_threads: int = 0,
         seed: int = 0,
@@ -157,6 +159,8 @@ class Hybrid(PatchCore):
                 "head needs: no head, scores are PatchCore's"
             )
             logger.warning("hybrid: %s", self.head_note_)
+            if self.group_by is not None:
+                self._fit_groups(good, validation)
             return self
         self.head_note_ = ""
         with limited_threads(self.num_threads):
@@ -165,7 +169,15 @@ class Hybrid(PatchCore):
             labels = np.r_[np.zeros(len(good_features), int), np.ones(len(defect_features), int)]
             self._fit_head(features, labels)
             self._fit_type_head(defect_features, [sample.defect_type for sample in defects])
-            self._fit_fusion(validation)
+            val_scores, val_features = self._fit_fusion(validation)
+        if self.group_by is not None:  # scales of the fused score, from the fusion's own pass
+            val_good = [i for i, sample in enumerate(validation) if sample.label == 0]
+            self._set_group_scales(
+                good,
+                val_scores[val_good],
+                val_features[val_good],
+                [validation[i].group for i in val_good],
+            )
         logger.info(
             "hybrid: head on %d good + %d defect train images (C=%g, CV AUROC %.4f); fusion "
             "weight %.2f chosen on %d validation images",
@@ -273,15 +285,21 @@ class Hybrid(PatchCore):
         logits = ((pooled - self.head_mean_) / self.head_scale_) @ self.type_coef_.T
         return softmax(logits + self.type_intercept_, axis=1)
 
-    def _fit_fusion(self, validation: Sequence[Sample]) -> None:
-        """Standardise both scores on the validation good images; choose the weight there."""
+    def _fit_fusion(self, validation: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
+        """Standardise both scores on the validation good images; choose the weight there.
+
+        Returns the fused validation scores and the images' group descriptors, so that group
+        scales (``group_by``) need no second pass."""
         labels = np.array([sample.label for sample in validation], dtype=int)
-        bank_scores, head_scores = [], []
+        bank_scores, head_scores, features = [], [], []
         for batch in self._batches([s.path for s in validation], desc="hybrid: fusion"):
-            bank, head, _ = self._components(extract(self.extractor_, batch, self.image_size))
+            feature_maps = extract(self.extractor_, batch, self.image_size)
+            bank, head, _ = self._components(feature_maps)
             bank_scores.append(bank)
             head_scores.append(head)
+            features.append(descriptors(feature_maps))
         bank_all, head_all = np.concatenate(bank_scores), np.concatenate(head_scores)
+        features_all = np.concatenate(features)
         good = labels == 0
         if good.sum() < 2:
             raise DataError("hybrid: the validation split needs at least 2 good images")
@@ -291,13 +309,19 @@ class Hybrid(PatchCore):
         if metrics.missing_class_reason(labels) is not None:
             self.head_note_ = "validation lacks a class: fusion weight 0 (PatchCore's scores)"
             logger.warning("hybrid: %s", self.head_note_)
-            return
+            return bank_all, features_all
         best = -1.0
         for weight in FUSION_GRID:
             auroc = metrics.image_auroc(labels, self._fuse(bank_all, head_all, weight)) or 0.0
             if auroc > best + 1e-12:  # ties keep the smaller weight: PatchCore is the default
                 self.fusion_weight_, best = weight, auroc
         self.fusion_val_auroc_ = float(best)
+        fused = (
+            bank_all
+            if self.fusion_weight_ == 0.0
+            else self._fuse(bank_all, head_all, self.fusion_weight_)
+        )
+        return fused, features_all
 
     def _no_head(self, n_features: int) -> None:
         self.head_mean_ = np.zeros(n_features)

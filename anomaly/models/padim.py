@@ -91,6 +91,7 @@ class PaDiM(AnomalyModel):
         covariance_epsilon: float = 0.01,
         memory_budget_mb: float = 1024.0,
         blur_sigma: float = 4.0,
+        group_by: str | None = None,
         batch_size: int = 8,
         num_threads: int = 0,
         seed: int = 0,

@@ -65,6 +65,7 @@ class PatchCore(AnomalyModel):
         num_neighbors: int = 9,
         index: str = "flat",
         blur_sigma: float = 4.0,
+        group_by: str | None = None,
         batch_size: int = 8,
         num_threads: int = 0,
         seed: int = 0,
@@ -126,7 +127,8 @@ class PatchCore(AnomalyModel):
         }
 
     def summary_lines(self) -> list[str]:
-        return [f"memory bank: {self.memory_bank_.size} patches of {self.memory_bank_.dim} dims"]
+        bank = f"memory bank: {self.memory_bank_.size} patches of {self.memory_bank_.dim} dims"
+        return [bank, *super().summary_lines()]
 
     def partial_fit(self, images: Sequence[ImageInput]) -> PatchCore:
         """Add good images to the fitted memory bank without refitting; returns ``self``.
