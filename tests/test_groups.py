@@ -85,7 +85,7 @@ def grouped(tmp_path_factory):
 def test_patchcore_with_groups_scales_scores_and_round_trips(grouped) -> None:
     model, _, val, test, root = grouped
     assert model.group_scales_.names_ == ("bright", "dark")
-    assert model.group_val_accuracy_ == 1.0
+    assert model.group_scales_.validation_accuracy_ == 1.0
     assert "groups (dataset): bright, dark" in model.summary_lines()[-1]
     good = [s for s in val if s.label == 0]
     scores = model.predict([s.path for s in good]).scores
@@ -98,6 +98,7 @@ def test_patchcore_with_groups_scales_scores_and_round_trips(grouped) -> None:
     paths = [s.path for s in test]
     np.testing.assert_array_equal(loaded.predict(paths).scores, model.predict(paths).scores)
     assert loaded.describe()["groups"] == ["bright", "dark"]
+    assert loaded.describe()["group_accuracy"]["validation"] == 1.0
     with pytest.raises(UnsupportedError, match="group_by"):
         model.partial_fit(paths[:1])
 

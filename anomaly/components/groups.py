@@ -65,6 +65,7 @@ class GroupScales:
             coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
         self.coef_, self.intercept_ = coef.astype(np.float64), intercept.astype(np.float64)
         self.train_accuracy_ = float((self.predict_index(features) == labels).mean())
+        self.validation_accuracy_ = float("nan")  # set by fit_scales when true groups are known
         return self
 
     def predict_index(self, features: np.ndarray) -> np.ndarray:
@@ -75,13 +76,25 @@ class GroupScales:
     def predict(self, features: np.ndarray) -> list[str]:
         return [self.names_[i] for i in self.predict_index(features)]
 
-    def fit_scales(self, scores: np.ndarray, features: np.ndarray) -> list[str]:
+    def fit_scales(
+        self,
+        scores: np.ndarray,
+        features: np.ndarray,
+        true_groups: Sequence[str | None] | None = None,
+    ) -> list[str]:
         """Per-group mean and spread of the good images' ``scores`` (grouped as predicted, the
-        way scoring will group them); returns a note per group that kept the overall scale."""
+        way scoring will group them); returns a note per group that kept the overall scale.
+
+        ``true_groups``, when every image has one, measures how well groups are recognised
+        (``validation_accuracy_``); they do not change the scales."""
         scores = np.asarray(scores, dtype=np.float64)
         if scores.size < 2:
             raise DataError("data.group_by: needs at least 2 good validation images")
         index = self.predict_index(features)
+        if true_groups is not None and len(true_groups) and all(true_groups):
+            predicted = [self.names_[i] for i in index]
+            right = [p == str(t) for p, t in zip(predicted, true_groups, strict=True)]
+            self.validation_accuracy_ = float(np.mean(right))
         self.overall_ = np.array([scores.mean(), scores.std() + 1e-12])
         self.scales_ = np.tile(self.overall_, (len(self.names_), 1))
         notes = []
@@ -107,6 +120,10 @@ class GroupScales:
     def describe(self) -> dict[str, Any]:
         return {
             "groups": list(self.names_),
+            "group_accuracy": {
+                "train": self.train_accuracy_,
+                "validation": self.validation_accuracy_,
+            },
             "group_means": [float(v) for v in self.scales_[:, 0]],
             "group_stds": [float(v) for v in self.scales_[:, 1]],
         }
@@ -122,7 +139,7 @@ class GroupScales:
             "group_intercept": self.intercept_,
             "group_scales": self.scales_,
             "group_overall": self.overall_,
-            "group_train_accuracy": np.array([self.train_accuracy_]),
+            "group_accuracy": np.array([self.train_accuracy_, self.validation_accuracy_]),
         }
 
     @classmethod
@@ -141,7 +158,9 @@ class GroupScales:
             scales.intercept_ = tensors["group_intercept"]
             scales.scales_ = tensors["group_scales"]
             scales.overall_ = tensors["group_overall"]
-            scales.train_accuracy_ = float(tensors["group_train_accuracy"][0])
+            scales.train_accuracy_, scales.validation_accuracy_ = (
+                float(v) for v in tensors["group_accuracy"]
+            )
         except (KeyError, UnicodeDecodeError) as error:
             raise BundleError(f"{source}: incomplete group scales ({error})") from error
         n = len(scales.names_)

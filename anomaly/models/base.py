@@ -274,15 +274,9 @@ class AnomalyModel:
             np.concatenate(self._train_descriptors), [str(sample.group) for sample in good]
         )
         del self._train_descriptors
-        self.group_notes_ = scales.fit_scales(val_scores, val_features)
+        self.group_notes_ = scales.fit_scales(val_scores, val_features, val_groups)
         for note in self.group_notes_:
             logger.warning("%s", note)
-        predicted = scales.predict(val_features)
-        self.group_val_accuracy_ = (
-            float(np.mean([p == str(t) for p, t in zip(predicted, val_groups, strict=True)]))
-            if val_groups and all(val_groups)
-            else None
-        )
         self.group_scales_ = scales
         logger.info("groups %s: scores standardised per group", ", ".join(scales.names_))
 
@@ -497,8 +491,8 @@ class AnomalyModel:
         scales = self.group_scales_
         if scales is None:
             return []
-        accuracy = getattr(self, "group_val_accuracy_", None)
-        recognised = "" if accuracy is None else f", {accuracy:.1%} on good validation images"
+        accuracy = scales.validation_accuracy_
+        recognised = "" if np.isnan(accuracy) else f", {accuracy:.1%} on good validation images"
         return [
             f"groups ({self.group_by}): {', '.join(scales.names_)}; each part's group recognised "
             f"from its features (train accuracy {scales.train_accuracy_:.1%}{recognised}), its "

@@ -38,10 +38,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from joblib import Parallel, delayed
 from scipy.special import softmax
+from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedKFold
 
 from anomaly.components.features import extract
 from anomaly.components.groups import descriptors
@@ -228,10 +230,9 @@ class Hybrid(PatchCore):
         x = (features - self.head_mean_) / self.head_scale_
         folds = StratifiedKFold(min(5, int(labels.sum())), shuffle=True, random_state=self.seed)
         best_c, best_auroc = C_GRID[0], -1.0
-        for c in C_GRID:
-            out_of_fold = cross_val_predict(
-                self._head(c), x, labels, cv=folds, method="decision_function"
-            )
+        candidates = [self._head(c) for c in C_GRID]
+        predictions = _out_of_fold(candidates, x, labels, folds, self.num_threads)
+        for c, out_of_fold in zip(C_GRID, predictions, strict=True):
             auroc = metrics.image_auroc(labels, out_of_fold) or 0.0
             if auroc > best_auroc:
                 best_c, best_auroc = c, auroc
@@ -259,9 +260,11 @@ class Hybrid(PatchCore):
         if smallest >= 2:
             folds = StratifiedKFold(min(5, smallest), shuffle=True, random_state=self.seed)
             best_score = -1.0
-            for c in C_GRID:
-                predicted = cross_val_predict(self._head(c), x, y, cv=folds)
-                score = float(balanced_accuracy_score(y, predicted))
+            candidates = [self._head(c) for c in C_GRID]
+            predictions = _out_of_fold(candidates, x, y, folds, self.num_threads)
+            for c, out_of_fold in zip(C_GRID, predictions, strict=True):
+                predicted = out_of_fold.argmax(axis=1) if out_of_fold.ndim == 2 else out_of_fold > 0
+                score = float(balanced_accuracy_score(y, predicted.astype(int)))
                 if score > best_score + 1e-12:
                     best_c, best_score = c, score
         head = self._head(best_c).fit(x, y)
@@ -460,3 +463,36 @@ class Hybrid(PatchCore):
 def _text_tensor(text: str) -> np.ndarray:
     """UTF-8 ``text`` as a uint8 array, the form safetensors stores (no pickle, no strings)."""
     return np.frombuffer(text.encode(), dtype=np.uint8).copy()
+
+
+def _out_of_fold(
+    estimators: Sequence[LogisticRegression],
+    x: np.ndarray,
+    y: np.ndarray,
+    folds: StratifiedKFold,
+    num_threads: int,
+) -> list[np.ndarray]:
+    """Each estimator's out-of-fold decision function on ``x`` (as ``cross_val_predict``), with
+    every (estimator, fold) fit a task spread over ``num_threads`` processes (0: all cores):
+    the head's model selection is most of the hybrid's fitting time beyond PatchCore's.
+    """
+    splits = list(folds.split(x, y))
+    fits = Parallel(n_jobs=num_threads or -1)(
+        delayed(_fit_decision)(clone(estimator), x, y, train, test)
+        for estimator in estimators
+        for train, test in splits
+    )
+    results = []
+    for i in range(len(estimators)):
+        parts = fits[i * len(splits) : (i + 1) * len(splits)]
+        out = np.zeros((len(y), *parts[0].shape[1:]))
+        for (_, test), decision in zip(splits, parts, strict=True):
+            out[test] = decision
+        results.append(out)
+    return results
+
+
+def _fit_decision(
+    estimator: LogisticRegression, x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
+) -> np.ndarray:
+    return estimator.fit(x[train], y[train]).decision_function(x[test])
