@@ -17,6 +17,7 @@ from anomaly.commands.score import collect_files
 from anomaly.config import to_yaml
 from anomaly.data import load_dataset
 from anomaly.data.dataset import Dataset, Sample
+from anomaly.decision.calibration import check_targets
 from anomaly.errors import AnomalyError, BundleError, DataError
 from anomaly.evaluation.split import (
     SplitScores,
@@ -100,8 +101,12 @@ class FitResult:
 
 def fit_category(config: DictConfig) -> FitResult:
     """Fit, calibrate, test and save the model ``config`` describes; returns the summary."""
-    dataset = load_dataset(config)
     model = build_model(config)
+    # Every value the config holds is checked before the data is read or a network is built.
+    model.check_params()
+    cal = config.calibration
+    check_targets(cal.target_miss_rate, cal.fallback_false_alarm_rate, cal.confidence)
+    dataset = load_dataset(config)
     if not dataset.select("train", label=0):
         raise DataError(f"category {dataset.name!r} has no good training images")
     val = dataset.select("val")

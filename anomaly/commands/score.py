@@ -9,6 +9,7 @@ none, and ``scores.csv`` appears only when the run has finished.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from anomaly.artifacts.rundir import (
 )
 from anomaly.data import load_dataset
 from anomaly.data.dataset import Sample
-from anomaly.decision.verdict import NG, verdict
+from anomaly.decision.verdict import ERROR, NG, NOT_FINITE, verdict
 from anomaly.errors import AnomalyError, ImageReadError
 from anomaly.io.batches import batches
 from anomaly.io.images import find_images, load_image
@@ -182,7 +183,11 @@ def _score_one_by_one(model, loaded, out, heatmaps, calibration, rows) -> list[S
 
 def _fill(row, image, index, prediction, position, out, heatmaps, calibration) -> None:
     """Fill ``row`` from image ``position`` of a batch's ``prediction``."""
-    row.score = score = float(prediction.scores[position])
+    score = float(prediction.scores[position])
+    if not math.isfinite(score):  # fails closed, calibrated or not: never a silent pass
+        row.verdict, row.error = ERROR, f"{NOT_FINITE} ({score})"
+        return
+    row.score = score
     if calibration is None:
         row.verdict = "UNCALIBRATED"
         return

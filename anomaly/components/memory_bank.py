@@ -85,7 +85,15 @@ class MemoryBank:
     @classmethod
     def load(cls, path: Path) -> MemoryBank:
         index = faiss.read_index(str(path))
-        index_type = "hnsw" if isinstance(index, faiss.IndexHNSWFlat) else "flat"
+        if isinstance(index, faiss.IndexHNSWFlat):
+            index_type = "hnsw"
+        elif type(index) is faiss.IndexFlatL2:
+            index_type = "flat"
+        else:  # another metric or a compressed index would score on another scale
+            raise ValueError(
+                f"a faiss {type(index).__name__}, not one of the bank's index types "
+                "(IndexFlatL2, IndexHNSWFlat)"
+            )
         bank = cls(index_type)
         if index_type == "hnsw":
             index.hnsw.efSearch = 64

@@ -74,6 +74,21 @@ class Calibration:
         return ", ".join(parts)
 
 
+def check_targets(
+    target_miss_rate: float, fallback_false_alarm_rate: float, confidence: float
+) -> None:
+    """Raise :class:`ConfigError` for a calibration setting no threshold can meet: checked
+    before any work, so a bad value is refused in a second rather than after the whole fit."""
+    if not 0.0 <= target_miss_rate < 1.0:
+        raise ConfigError(f"target_miss_rate={target_miss_rate}: must be in [0, 1)")
+    if not 0.0 < fallback_false_alarm_rate < 1.0:
+        raise ConfigError(
+            f"fallback_false_alarm_rate={fallback_false_alarm_rate}: must be in (0, 1)"
+        )
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"confidence={confidence}: must be in (0, 1)")
+
+
 def calibrate(
     scores_good: np.ndarray,
     scores_defect: np.ndarray,
@@ -95,14 +110,16 @@ def calibrate(
     ``1 - fallback_false_alarm_rate`` quantile of the good scores (false-alarm target), and the
     miss rate is unknown. Every result states which rule was used.
     """
-    if not 0.0 <= target_miss_rate < 1.0:
-        raise ConfigError(f"target_miss_rate={target_miss_rate}: must be in [0, 1)")
-    if not 0.0 < fallback_false_alarm_rate < 1.0:
-        raise ConfigError(
-            f"fallback_false_alarm_rate={fallback_false_alarm_rate}: must be in (0, 1)"
-        )
+    check_targets(target_miss_rate, fallback_false_alarm_rate, confidence)
     good = np.asarray(scores_good, dtype=np.float64).ravel()
     defect = np.asarray(scores_defect, dtype=np.float64).ravel()
+    broken = int((~np.isfinite(good)).sum() + (~np.isfinite(defect)).sum())
+    if broken:
+        # A threshold set among NaNs would be meaningless: refuse rather than calibrate on it.
+        raise DataError(
+            f"calibration: {broken} of {good.size + defect.size} validation scores are not finite "
+            "numbers; the model is faulty (check its bundle), no threshold can be set"
+        )
     if good.size == 0 and defect.size == 0:
         raise DataError("calibration needs validation images, and the validation split is empty")
     if defect.size == 0 and good.size < 2:

@@ -559,6 +559,7 @@ class AnomalyModel:
                 "fitted with; scores would not be comparable"
             )
         model.backbone_sha256_ = expected_weights
+        model._check_loaded_state(bundle_dir)
         model.n_train_images_ = metadata["training"]["n_images"]
         model.fit_seconds_ = metadata["training"]["fit_seconds"]
         calibration = metadata.get("calibration")
@@ -576,6 +577,12 @@ class AnomalyModel:
             )
 
     # ------------------------------------------------------------------ hooks
+    def check_params(self) -> AnomalyModel:
+        """Raise a clear error for any hyper-parameter no fit could use; returns ``self``.
+        ``fit`` checks too; commands call this first, before any data is read."""
+        self._check_params()
+        return self
+
     def _check_params(self) -> None:
         if self.image_size < 32:
             raise DataError(f"image_size={self.image_size}: must be at least 32 pixels")
@@ -614,6 +621,10 @@ class AnomalyModel:
     def load_state(self, tensors: dict[str, np.ndarray], bundle_dir: Path) -> None:
         """Restore learned state from the bundle (the inverse of ``state_tensors``/extra files)."""
         raise NotImplementedError
+
+    def _check_loaded_state(self, bundle_dir: Path) -> None:
+        """Raise :class:`BundleError` when the learned state cannot score with this network
+        (checked once at load, so a faulty bundle never reaches a part). Default: nothing."""
 
     def _restore_extractor(self, tensors: dict[str, np.ndarray], bundle_dir: Path) -> nn.Module:
         """The network of a model being loaded (:meth:`from_bundle` checks its weights).

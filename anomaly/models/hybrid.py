@@ -113,9 +113,6 @@ class Hybrid(PatchCore):
             raise DataError(f"hybrid.min_defects={self.min_defects}: must be at least 2")
 
     # ------------------------------------------------------------------ stages
-    def _bank_layers(self) -> tuple[int, ...]:
-        return tuple(int(layer) for layer in (self.layers or self.default_layers))
-
     def _stages(self) -> tuple[int, ...]:
         return tuple(sorted({*self._bank_layers(), *(int(x) for x in self.head_layers)}))
 

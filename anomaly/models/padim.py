@@ -301,6 +301,8 @@ class PaDiM(AnomalyModel):
                 f"{bundle_dir}: padim arrays do not fit together (mean {mean.shape}, "
                 f"inv_cholesky_tril {packed.shape}, channels {channels.shape}, grid {grid})"
             )
+        if not (np.isfinite(mean).all() and np.isfinite(packed).all()):
+            raise BundleError(f"{bundle_dir}: padim statistics hold non-finite values (NaN or inf)")
         rows, cols = np.tril_indices(dims)
         factors = np.zeros((positions, dims * dims), dtype=np.float32)
         factors[:, rows * dims + cols] = packed

@@ -210,9 +210,45 @@ class PatchCore(AnomalyModel):
     def load_state(self, tensors: dict[str, np.ndarray], bundle_dir: Path) -> None:
         try:
             self.memory_bank_ = MemoryBank.load(bundle_dir / BANK_FILE)
+        except ValueError as error:  # a readable index of a kind the bank does not use
+            raise BundleError(f"{bundle_dir / BANK_FILE}: {error}") from error
         except Exception as error:  # faiss raises RuntimeError with a C++ trace
             raise BundleError(f"{bundle_dir / BANK_FILE}: not a readable faiss index") from error
+        if "patch_grid" not in tensors:
+            raise BundleError(f"{bundle_dir}: the model's arrays lack 'patch_grid'")
         self.patch_grid_ = tuple(int(v) for v in tensors["patch_grid"])
+
+    def _check_loaded_state(self, bundle_dir: Path) -> None:
+        """The bank must be a non-empty index of the kind the parameters name, of the width
+        this backbone's patch features have, holding finite vectors only."""
+        bank, path = self.memory_bank_, bundle_dir / BANK_FILE
+        if bank.size == 0:
+            raise BundleError(f"{path}: the memory bank is empty; every part would score alike")
+        if bank.index_type != self.index:
+            raise BundleError(
+                f"{path}: a {bank.index_type!r} index, but the bundle's parameters say "
+                f"{self.index!r}"
+            )
+        stages = list(self._extractor_layers())
+        channels = sum(
+            self.extractor_.channels[stages.index(layer)] for layer in self._bank_layers()
+        )
+        expected = min(channels, self.feature_dim)
+        if bank.dim != expected:
+            raise BundleError(
+                f"{path}: bank vectors have {bank.dim} dims, but {self.backbone} stages "
+                f"{list(self._bank_layers())} give {expected}-dim patch features"
+            )
+        for start in range(0, bank.size, 100_000):  # chunks: a large bank is not copied whole
+            chunk = bank.index_.reconstruct_n(start, min(100_000, bank.size - start))
+            if not np.isfinite(chunk).all():
+                raise BundleError(f"{path}: the memory bank holds non-finite values (NaN or inf)")
+        if len(self.patch_grid_) != 2 or min(self.patch_grid_) < 1:
+            raise BundleError(f"{bundle_dir}: patch_grid {self.patch_grid_} is not a 2-D grid")
+
+    def _bank_layers(self) -> tuple[int, ...]:
+        """The backbone stages the memory bank's patch features come from."""
+        return tuple(int(layer) for layer in (self.layers or self.default_layers))
 
 
 def _flatten(features: torch.Tensor) -> torch.Tensor:
