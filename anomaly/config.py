@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -197,7 +198,11 @@ def build_config(
             path = Path(config_file)
             if not path.is_file():
                 raise ConfigError(f"{path}: config file not found")
-            config = OmegaConf.merge(config, OmegaConf.load(path))
+            try:
+                loaded = OmegaConf.load(path)
+            except yaml.YAMLError as error:  # malformed YAML: one line, with where it broke
+                raise ConfigError(f"{path}: not valid YAML ({_one_line(error)})") from error
+            config = OmegaConf.merge(config, loaded)
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"{item!r}: overrides must look like key=value")

@@ -209,3 +209,25 @@ def test_compare_help_writes_percent_signs_once(capsys):
         main(["compare", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "0/1/5% miss rate" in text and "%%" not in text
+
+
+def test_malformed_yaml_config_is_a_one_line_error_naming_the_file(tmp_path, capsys):
+    config = tmp_path / "line.yaml"
+    config.write_text("data:\n  category: [sealant\n")
+    assert main(["fit", "--config", str(config)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {config}: not valid YAML") and "\n" not in error
+
+
+def test_an_output_folder_that_cannot_be_written_exits_3_with_its_path(
+    fitted_bundle, tmp_path, capsys
+):
+    # A regular file where the run folder should go: the OS refuses (root included).
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    _, bundle = fitted_bundle
+    image = save_image(tmp_path / "in" / "a.png", np.full((32, 32, 3), 120, np.uint8))
+    out = blocker / "run"
+    assert main(["score", str(image), "--model", str(bundle), "--out", str(out)]) == 3
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and str(blocker) in error and "\n" not in error

@@ -23,7 +23,9 @@ if TYPE_CHECKING:  # the CLI imports what a command needs only when it runs (fas
 
 logger = logging.getLogger("anomaly")
 
-EXIT_OK, EXIT_NOTHING_SCORED, EXIT_ERROR = 0, 1, 2
+#: Exit codes: done; nothing could be scored; bad config, data, model or bundle; I/O failure
+#: (read-only or full disk, missing permission), printed as one line with the path and reason.
+EXIT_OK, EXIT_NOTHING_SCORED, EXIT_ERROR, EXIT_IO = 0, 1, 2, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AnomalyError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as error:  # the disk or the file system said no: not a traceback
+        where = error.filename or "?"
+        print(f"error: {where}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_IO
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
