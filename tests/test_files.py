@@ -115,9 +115,52 @@ def test_replace_directory_puts_the_previous_one_back_when_the_move_fails(tmp_pa
         real_replace(source, destination)
 
     monkeypatch.setattr(os, "replace", failing)
+    monkeypatch.setattr(files, "_exchange", lambda first, second: False)  # the portable path
     with pytest.raises(OSError, match="disk gone"):
         files.replace_directory(staging, target)
     assert [p.name for p in target.iterdir()] == ["old.jpg"]
+
+
+def _can_exchange(folder: Path) -> bool:
+    first, second = folder / "probe_a", folder / "probe_b"
+    first.mkdir()
+    second.mkdir()
+    swapped = files._exchange(first, second)
+    for path in (first, second):
+        path.rmdir()
+    return swapped
+
+
+def test_replace_directory_swaps_in_one_step_with_no_instant_without_the_target(
+    tmp_path, monkeypatch
+):
+    if not _can_exchange(tmp_path):
+        pytest.skip("this system cannot swap two directories in one step")
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    staging = files.make_staging_dir(target)
+    (staging / "new.txt").write_text("new")
+    real_replace = os.replace
+
+    def never_move_the_target_away(source, destination):
+        assert Path(source) != target, "the target was renamed away: a window without it"
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", never_move_the_target_away)
+    files.replace_directory(staging, target)
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no leftovers
+
+
+def test_a_missing_bundle_names_the_previous_version_an_interrupted_save_left(tmp_path):
+    from anomaly.artifacts.bundle import load_bundle
+    from anomaly.errors import BundleError
+
+    left = tmp_path / ".patchcore.old-4242"
+    left.mkdir()
+    with pytest.raises(BundleError, match=r"previous one at .*\.patchcore\.old-4242"):
+        load_bundle(tmp_path / "patchcore")
 
 
 def test_a_failing_row_leaves_the_previous_csv_and_no_temporary_file(tmp_path):

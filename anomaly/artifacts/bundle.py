@@ -47,6 +47,7 @@ from anomaly.io.files import (
     file_sha256,
     fsync_file,
     make_staging_dir,
+    previous_versions,
     replace_directory,
 )
 from anomaly.io.jsonio import json_default
@@ -113,6 +114,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """Read and verify a bundle's metadata and file checksums; returns the metadata."""
     bundle = Path(path)
     if not bundle.exists():
+        left = previous_versions(bundle)
+        if left:  # a save interrupted where directories cannot be swapped in one step
+            raise BundleError(
+                f"{bundle}: no model bundle here, but an interrupted save left the previous one "
+                f"at {left[-1]}: rename it to {bundle.name} to use it"
+            )
         raise BundleError(f"{bundle}: no model bundle here (fit one with `anomaly fit`)")
     if not bundle.is_dir():
         raise BundleError(f"{bundle}: a model bundle is a directory, this is a file")

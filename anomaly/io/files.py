@@ -15,6 +15,8 @@ temporary name nor its own fsync, and gets the same mode policy.
 from __future__ import annotations
 
 import csv
+import ctypes
+import errno
 import hashlib
 import io
 import os
@@ -151,13 +153,23 @@ def make_staging_dir(target: str | Path) -> Path:
 
 
 def replace_directory(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an existing ``target`` is kept until the move succeeds."""
+    """Move ``staging`` to ``target`` so that ``target`` is never missing.
+
+    Where the kernel can swap two paths in one step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``), ``target`` goes from the old directory to the new one with no instant
+    in between, and the old one is then removed. Elsewhere the old directory is renamed to
+    :func:`previous_path` first, the new one renamed in, and the old one removed: a crash in
+    between leaves the old one there, which :func:`previous_versions` finds.
+    """
     if not target.exists():
         os.replace(staging, target)
         return
     if not target.is_dir():
         raise NotADirectoryError(f"{target}: exists and is not a directory; not overwriting it")
-    previous = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the old directory
+        return
+    previous = previous_path(target)
     os.replace(target, previous)
     try:
         os.replace(staging, target)
@@ -165,6 +177,47 @@ def replace_directory(staging: Path, target: Path) -> None:
         os.replace(previous, target)
         raise
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def previous_path(target: Path) -> Path:
+    """Where :func:`replace_directory` parks ``target``'s old version without an atomic swap."""
+    return target.with_name(f".{target.name}.old-{os.getpid()}")
+
+
+def previous_versions(target: Path) -> list[Path]:
+    """Old versions of ``target`` an interrupted :func:`replace_directory` left behind."""
+    return sorted(target.parent.glob(f".{target.name}.old-*"))
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one step; False where the system cannot (then nothing moved).
+
+    Raises:
+        OSError: the system can swap but refused (permissions, another file system).
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28 / not Linux
+        return False
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    result = renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # file system without the flag
+        return False
+    raise OSError(code, os.strerror(code), str(second))
 
 
 def fsync_file(path: Path) -> None:
