@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_mvtec, save_image
+from conftest import make_mvtec, make_parts_category, save_image
 
 from anomaly.data import (
     Dataset,
@@ -315,3 +315,21 @@ def test_list_categories(mvtec_category: Path) -> None:
     ]
     assert all(set(c) == {"name", "source", "layout", "description"} for c in categories)
     assert [c["name"] for c in list_categories()] == ["elpv", "sealant"]
+
+
+def test_a_folder_fit_does_not_warn_about_options_nobody_set(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    from anomaly.config import FitConfig
+    from anomaly.data import load_dataset
+
+    root = make_parts_category(tmp_path / "parts")
+    config = OmegaConf.structured(FitConfig)
+    config.data.root, config.data.category = str(root.parent), "parts"
+    with caplog.at_level("WARNING"):
+        load_dataset(config)
+    assert "include_uncertain" not in caplog.text
+    config.data.include_uncertain = True  # asked for, and meaningless here: say so
+    with caplog.at_level("WARNING"):
+        load_dataset(config)
+    assert "['include_uncertain'] ignored" in caplog.text

@@ -150,3 +150,18 @@ def test_bad_settings_are_refused_before_any_data_is_read(tmp_path, key, value, 
     OmegaConf.update(config, key, value)
     with pytest.raises((ConfigError, DataError), match=message):
         fit_category(config)
+
+
+def test_one_good_image_fits_and_says_what_it_cannot_measure(tmp_path: Path) -> None:
+    from conftest import textured_part, with_defect
+
+    root = tmp_path / "parts"
+    rng = np.random.default_rng(0)
+    save_image(root / "good" / "g.png", textured_part(rng))
+    for i in range(8):
+        save_image(root / "blob" / f"b{i}.png", with_defect(textured_part(rng), rng)[0])
+    config = OmegaConf.structured(FitConfig)
+    config.data.root, config.data.category = str(tmp_path), "parts"
+    config.out, config.image_size, config.runtime.progress = str(tmp_path / "b"), 64, False
+    text = fit_category(config).text()
+    assert "false-alarm rate n/a (no good test images)" in text

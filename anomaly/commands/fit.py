@@ -78,10 +78,11 @@ class FitResult:
                 f"test image AUROC {test['auroc']:.4f} ({test['n_good']} good, "
                 f"{test['n_defect']} defect)"
             )
-        if op.get("miss_rate") is not None:
+        if op.get("miss_rate") is not None or op.get("false_alarm_rate") is not None:
+            # Either can be missing: a test split without good (or defective) images.
             lines.append(
-                f"test at threshold: miss rate {op['miss_rate']:.1%}, false-alarm rate "
-                f"{op['false_alarm_rate']:.1%}"
+                f"test at threshold: miss rate {_rate(op.get('miss_rate'), 'defect')}, "
+                f"false-alarm rate {_rate(op.get('false_alarm_rate'), 'good')}"
             )
         if test.get("pixel_auroc") is not None:
             lines.append(f"test pixel AUROC {test['pixel_auroc']:.4f}, AUPRO {test['aupro']:.4f}")
@@ -97,6 +98,10 @@ class FitResult:
             f"{s['bundle_mb']:.1f} MB at {self.bundle_dir}"
         )
         return "\n".join(lines)
+
+
+def _rate(value: float | None, kind: str) -> str:
+    return f"{value:.1%}" if value is not None else f"n/a (no {kind} test images)"
 
 
 def fit_category(config: DictConfig) -> FitResult:

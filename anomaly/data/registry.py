@@ -182,7 +182,8 @@ def load_dataset(config: Any) -> Dataset:
         val_fraction=data.val_fraction,
         test_fraction=data.test_fraction,
         seed=data.seed,
-        include_uncertain=data.include_uncertain,
+        # Passed only when set: a layout without the option then warns only when asked for it.
+        **({"include_uncertain": data.include_uncertain} if data.include_uncertain else {}),
     )
 
 
