@@ -48,3 +48,7 @@ class NotFittedError(AnomalyError, RuntimeError):
 
 class UnsupportedError(AnomalyError, NotImplementedError):
     """The model cannot do what was asked (e.g. add images to a PaDiM model without refitting)."""
+
+
+class RunDirBusyError(DataError):
+    """Another run is writing into the same run folder."""

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import socket
 import stat
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -238,3 +242,59 @@ def test_score_split_with_report_as_make_demo_runs_it(fitted, tmp_path, capsys):
     n_ng = sum(r["verdict"] == "NG" for r in rows)
     heatmaps = [link for tag, link in files if tag == "img" and link.endswith("_heatmap.jpg")]
     assert len(heatmaps) == n_ng
+
+
+class DiesOnSecondBatch(BrightestPixel):
+    """A run killed midway: the second batch never comes back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches = 0
+
+    def score_batch(self, images: list[np.ndarray]) -> Prediction:
+        self.batches += 1
+        if self.batches == 2:
+            raise KeyboardInterrupt
+        return super().score_batch(images)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_run_killed_midway_leaves_the_previous_run_whole(inputs, tmp_path):
+    out = tmp_path / "run"
+    score_paths(BrightestPixel(), [inputs], out)
+    before = _snapshot(out)
+    assert any(name.startswith("heatmaps/") for name in before)
+    with pytest.raises(KeyboardInterrupt):
+        score_paths(DiesOnSecondBatch(), [inputs], out)
+    # The same CSV, the same heatmaps it points at, no lock, no staging folder.
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["heatmaps", "run.json", "scores.csv"]
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(inputs, tmp_path, capsys):
+    from anomaly.errors import RunDirBusyError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    # A live owner: this very process.
+    (out / rundir.LOCK_FILE).write_text(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+    )
+    with pytest.raises(RunDirBusyError, match=f"pid {os.getpid()}"):
+        score_paths(BrightestPixel(), [inputs], out)
+    assert not (out / "scores.csv").exists() and (out / rundir.LOCK_FILE).exists()
+
+
+def test_the_lock_of_a_run_that_died_is_taken_over(inputs, tmp_path, caplog):
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / rundir.LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    with caplog.at_level("WARNING"):
+        run = score_paths(BrightestPixel(), [inputs], out)
+    assert "no longer running" in caplog.text
+    assert run.counts["NG"] == 2 and not (out / rundir.LOCK_FILE).exists()

@@ -5,6 +5,7 @@
     DIR/scores.csv   one row per input file, columns CSV_COLUMNS (see ScoreRow)
     DIR/heatmaps/    <index>_<stem>.png overlay of each rejected part (index: 5 digits)
     DIR/run.json     model, calibration, counts, seconds, ... (numpy-aware JSON)
+    DIR/.lock        while a run writes: its pid and host (see RunWriter)
 
 Writing and reading live together so that a column cannot be renamed, reordered or formatted
 differently on one side only. Every file is written atomically with the usual file mode
@@ -22,22 +23,35 @@ import csv
 import json
 import logging
 import math
+import os
 import re
-from collections.abc import Iterable
+import shutil
+import socket
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from anomaly.errors import DataError
+from anomaly.errors import DataError, RunDirBusyError
 from anomaly.io import jsonio
-from anomaly.io.files import write_csv_atomic, write_png_atomic, write_text_atomic
+from anomaly.io.files import (
+    encode_png,
+    file_mode,
+    make_staging_dir,
+    replace_directory,
+    write_bytes,
+    write_csv_atomic,
+    write_text_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
 SCORES_CSV = "scores.csv"
 RUN_JSON = "run.json"
+LOCK_FILE = ".lock"
 HEATMAPS_DIR = "heatmaps"
 
 #: Columns of ``scores.csv``, in file order.
@@ -157,11 +171,96 @@ def heatmap_name(index: int, file: str | Path) -> str:
     return f"{HEATMAPS_DIR}/{index:05d}_{stem}.png"
 
 
-def write_heatmap(run_dir: str | Path, index: int, file: str | Path, picture: np.ndarray) -> str:
-    """Write the RGB overlay ``picture`` of input ``index``; returns its name for the CSV."""
-    name = heatmap_name(index, file)
-    write_png_atomic(Path(run_dir) / name, picture)
-    return name
+class RunWriter:
+    """One scoring run's writes into its folder, so that one run's files always go together.
+
+    Entering claims the folder with a lock file (``.lock``: a second run into the same folder
+    is refused while the first lives; a lock left by a run that died on this machine is taken
+    over, with a warning). Heatmaps are written into a hidden staging folder; :meth:`finish`
+    then removes the previous run's ``scores.csv``, swaps the staging folder in as
+    ``heatmaps/`` (:func:`~anomaly.io.files.replace_directory`) and writes ``run.json`` and
+    ``scores.csv`` last. Until then the previous run stays whole; a run killed before the end
+    leaves it so, and one killed inside :meth:`finish` leaves no ``scores.csv``: never a CSV
+    whose heatmap column points at another run's pictures.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._staging: Path | None = None
+        self._lock: Path | None = None
+
+    def __enter__(self) -> RunWriter:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _claim(self.run_dir / LOCK_FILE)
+        self._staging = make_staging_dir(self.run_dir / HEATMAPS_DIR)
+        return self
+
+    def write_heatmap(self, index: int, file: str | Path, picture: np.ndarray) -> str:
+        """Write the RGB overlay ``picture`` of input ``index``; returns its name for the CSV."""
+        name = heatmap_name(index, file)
+        write_bytes(self._staging / Path(name).name, encode_png(picture))
+        return name
+
+    def finish(self, rows: Sequence[ScoreRow], info: dict[str, Any], defect_types: bool) -> None:
+        """Publish the run: its heatmaps, ``run.json``, then ``scores.csv``."""
+        (self.run_dir / SCORES_CSV).unlink(missing_ok=True)  # the previous run ends here
+        replace_directory(self._staging, self.run_dir / HEATMAPS_DIR)
+        self._staging = None
+        write_run_info(self.run_dir, info)
+        write_scores(self.run_dir, rows, defect_types)  # last: its presence means finished
+
+    def __exit__(self, *exc: object) -> None:
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.unlink(missing_ok=True)
+
+
+def _claim(lock: Path) -> Path:
+    """Create ``lock`` exclusively (pid, host, start); refuse while its owner lives."""
+    content = json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    ).encode()
+    for _ in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, file_mode())
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is not None:
+                raise RunDirBusyError(
+                    f"{lock.parent}: another run (pid {owner['pid']} on {owner['host']}) is "
+                    "writing into this folder; wait for it or choose another --out"
+                ) from None
+            logger.warning("%s: taking over the lock of a run that is no longer running", lock)
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(content)
+        return lock
+    raise RunDirBusyError(
+        f"{lock.parent}: could not claim the folder (lock {lock} keeps coming back)"
+    )
+
+
+def _lock_owner(lock: Path) -> dict[str, Any] | None:
+    """The lock's owner while it may still run; None for a lock nobody holds any more."""
+    try:
+        owner = json.loads(lock.read_text())
+        pid, host = int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        # Unreadable or half-written: its writer died between create and write, or is just
+        # writing it; an owner that is mid-write will have finished within a second.
+        age = time.time() - lock.stat().st_mtime if lock.exists() else 10.0
+        return {"pid": "?", "host": "?"} if age < 1.0 else None
+    if host != socket.gethostname():
+        return owner  # another machine's run on a shared folder: cannot tell, so it holds
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return owner  # alive, another user's
+    return owner
 
 
 def write_scores(run_dir: str | Path, rows: Iterable[ScoreRow], defect_types: bool = False) -> Path:

@@ -22,13 +22,7 @@ from omegaconf import DictConfig
 
 from anomaly.artifacts.bundle import load_bundle, read_config
 from anomaly.artifacts.heatmap import SCALE_MAX, overlay
-from anomaly.artifacts.rundir import (
-    SCORES_CSV,
-    ScoreRow,
-    write_heatmap,
-    write_run_info,
-    write_scores,
-)
+from anomaly.artifacts.rundir import SCORES_CSV, RunWriter, ScoreRow
 from anomaly.data import load_dataset
 from anomaly.data.dataset import Sample
 from anomaly.decision.verdict import ERROR, NG, NOT_FINITE, verdict
@@ -105,32 +99,37 @@ def score_paths(
     """
     model.check_is_fitted()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     files, rows = collect_files(paths)
     run = ScoreRun(out_dir=out, rows=rows)
     calibration = model.calibration_
-    started = time.perf_counter()
-    start = 0
-    for batch_files in batches(files, model.batch_size, "scoring", model.progress):
-        run.rows.extend(
-            _score_batch(model, batch_files, start, out, heatmaps, calibration, ground_truth)
-        )
-        start += len(batch_files)
-    run.seconds = time.perf_counter() - started
-    info = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": model.model_name,
-        "calibration": None if calibration is None else calibration.to_dict(),
-        "heatmap_scale_max": SCALE_MAX,
-        "counts": run.counts,
-        "n_files": len(run.rows),
-        "seconds": round(run.seconds, 3),
-        "ms_per_image": round(1000 * run.seconds / max(1, run.n_scored), 2),
-        **(run_info or {}),
-    }
-    write_run_info(out, info)
-    # Last: its presence means the run finished.
-    write_scores(out, run.rows, defect_types=bool(model.defect_types_))
+    with RunWriter(out) as writer:
+        started = time.perf_counter()
+        start = 0
+        for batch_files in batches(files, model.batch_size, "scoring", model.progress):
+            run.rows.extend(
+                _score_batch(
+                    model,
+                    batch_files,
+                    start,
+                    writer if heatmaps else None,
+                    calibration,
+                    ground_truth,
+                )
+            )
+            start += len(batch_files)
+        run.seconds = time.perf_counter() - started
+        info = {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": model.model_name,
+            "calibration": None if calibration is None else calibration.to_dict(),
+            "heatmap_scale_max": SCALE_MAX,
+            "counts": run.counts,
+            "n_files": len(run.rows),
+            "seconds": round(run.seconds, 3),
+            "ms_per_image": round(1000 * run.seconds / max(1, run.n_scored), 2),
+            **(run_info or {}),
+        }
+        writer.finish(run.rows, info, defect_types=bool(model.defect_types_))
     return run
 
 
@@ -138,8 +137,7 @@ def _score_batch(
     model: AnomalyModel,
     files: list[Path],
     offset: int,
-    out: Path,
-    heatmaps: bool,
+    writer: RunWriter | None,
     calibration: Any,
     ground_truth: dict[Path, Sample] | None,
 ) -> list[ScoreRow]:
@@ -164,24 +162,24 @@ def _score_batch(
         prediction = model.score_batch(images)
     except Exception as error:  # one odd image must not cost the batch: retry one by one
         logger.warning("batch failed (%s); scoring its images one by one", error)
-        return _score_one_by_one(model, loaded, out, heatmaps, calibration, rows)
+        return _score_one_by_one(model, loaded, writer, calibration, rows)
     for position, (row, image, index) in enumerate(loaded):
-        _fill(row, image, index, prediction, position, out, heatmaps, calibration)
+        _fill(row, image, index, prediction, position, writer, calibration)
     return rows
 
 
-def _score_one_by_one(model, loaded, out, heatmaps, calibration, rows) -> list[ScoreRow]:
+def _score_one_by_one(model, loaded, writer, calibration, rows) -> list[ScoreRow]:
     for row, image, index in loaded:
         try:
             prediction = model.score_batch([image])
         except Exception as error:
             row.error = f"could not be scored: {error}"
             continue
-        _fill(row, image, index, prediction, 0, out, heatmaps, calibration)
+        _fill(row, image, index, prediction, 0, writer, calibration)
     return rows
 
 
-def _fill(row, image, index, prediction, position, out, heatmaps, calibration) -> None:
+def _fill(row, image, index, prediction, position, writer, calibration) -> None:
     """Fill ``row`` from image ``position`` of a batch's ``prediction``."""
     score = float(prediction.scores[position])
     if not math.isfinite(score):  # fails closed, calibrated or not: never a silent pass
@@ -199,9 +197,9 @@ def _fill(row, image, index, prediction, position, out, heatmaps, calibration) -
     if types is not None:  # the type of a rejected part is what a QA team triages by
         row.predicted_type = types[position]
         row.predicted_type_probability = float(prediction.predicted_type_probabilities[position])
-    if heatmaps:
+    if writer is not None:  # None: heatmaps not asked for
         picture = overlay(image, prediction.anomaly_maps[position] / calibration.pixel_threshold)
-        row.heatmap = write_heatmap(out, index, row.file, picture)
+        row.heatmap = writer.write_heatmap(index, row.file, picture)
 
 
 def _reason(error: Exception, path: str | Path) -> str:
