@@ -7,12 +7,14 @@ Layout::
     <bundle>/memory_bank.faiss    model-specific extra files (faiss's own format)
     <bundle>/metadata.json        format, versions, backbone, training summary, calibration,
                                   evaluation, and the SHA-256 of every other file
+    <bundle>/signature.json       optional: an Ed25519 signature of metadata.json
+                                  (:mod:`anomaly.artifacts.signing`)
 
 No file is ever unpickled. Loading refuses a bundle with missing, extra or altered files, a
 file that starts like a pickle or a zip archive (the container of torch checkpoints), a
 metadata file whose own checksum does not match (an edited threshold, say), or backbone weights
 other than the ones the model was fitted with. The checksums catch corruption and accidental
-edits; they are not a signature against a deliberate forger.
+edits, not a deliberate forger who recomputes them: that is what a signature is for.
 
 This module verifies and moves files; what goes into them and how a model is rebuilt from them
 is the model's own business (:meth:`~anomaly.models.base.AnomalyModel.bundle_metadata`,
@@ -41,6 +43,7 @@ from omegaconf.errors import OmegaConfBaseException
 from safetensors.numpy import load_file, save_file
 
 from anomaly import __version__
+from anomaly.artifacts.signing import SIGNATURE, verify_bundle, write_signature
 from anomaly.errors import BundleError
 from anomaly.io.files import (
     file_mode,
@@ -140,7 +143,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if metadata.get("checksum") != _metadata_checksum(metadata):
         raise BundleError(f"{meta_path}: metadata was altered after saving (checksum mismatch)")
     expected = metadata.get("files", {})
-    present = {p.name for p in bundle.iterdir()} - {METADATA}
+    present = {p.name for p in bundle.iterdir()} - {METADATA, SIGNATURE}
     unexpected = sorted(present - set(expected))
     if unexpected:
         unsafe = [n for n in unexpected if n.endswith(_PICKLE_SUFFIXES)]
@@ -175,14 +178,18 @@ def read_config(path: str | Path) -> DictConfig:
     return config
 
 
-def load_bundle(path: str | Path) -> AnomalyModel:
+def load_bundle(path: str | Path, require_signature: str | Path | None = None) -> AnomalyModel:
     """Load a fitted (and usually calibrated) model from a bundle directory.
 
-    Every file is verified first (:func:`read_metadata`); the model class registered under the
-    bundle's model name then rebuilds itself (:meth:`AnomalyModel.from_bundle`).
+    Every file is verified first (:func:`read_metadata`) and, with ``require_signature`` (a
+    public key file), the bundle's signature (:func:`~anomaly.artifacts.signing.verify_bundle`);
+    the model class registered under the bundle's model name then rebuilds itself
+    (:meth:`AnomalyModel.from_bundle`).
     """
     bundle = Path(path)
     metadata = read_metadata(bundle)
+    if require_signature:
+        verify_bundle(bundle, require_signature)
     name = metadata.get("model")
     if name not in model_names():
         raise BundleError(f"{bundle}: unknown model {name!r} (known: {', '.join(model_names())})")
@@ -191,6 +198,13 @@ def load_bundle(path: str | Path) -> AnomalyModel:
     except Exception as error:
         raise BundleError(f"{bundle / TENSORS}: not a readable safetensors file") from error
     return model_class(name).from_bundle(bundle, metadata, tensors)
+
+
+def sign_bundle(path: str | Path, private_key: str | Path) -> Path:
+    """Verify the bundle at ``path`` and sign it with ``private_key`` (``anomaly sign``);
+    returns the signature file. Only a bundle whose files are intact is signed."""
+    read_metadata(path)
+    return write_signature(path, private_key)
 
 
 def bundle_size_bytes(path: str | Path) -> int:

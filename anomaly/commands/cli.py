@@ -96,6 +96,7 @@ def _score(args: argparse.Namespace) -> int:
             "split": args.split,
             "report": args.report or None,
             "heatmaps": False if args.no_heatmaps else None,
+            "require_signature": args.require_signature,
         },
     )
     run = score(config)
@@ -103,6 +104,22 @@ def _score(args: argparse.Namespace) -> int:
     if run.report is not None:
         print(f"report: {run.report}")
     return EXIT_OK if run.n_scored else EXIT_NOTHING_SCORED
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from anomaly.artifacts.signing import generate_key
+
+    private, public = generate_key(args.key)
+    print(f"private key: {private} (keep it; sign with `anomaly sign --key {private}`)")
+    print(f"public key:  {public} (for `anomaly score --require-signature {public}`)")
+    return EXIT_OK
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from anomaly.artifacts.bundle import sign_bundle
+
+    print(f"signed: {sign_bundle(args.model, args.key)}")
+    return EXIT_OK
 
 
 def _add(args: argparse.Namespace) -> int:
@@ -229,6 +246,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--report", action="store_true", help="also write report.html (report)")
     score.add_argument("--no-heatmaps", action="store_true", help="no overlay PNGs (heatmaps)")
+    score.add_argument(
+        "--require-signature",
+        metavar="PUBLIC_KEY",
+        help="refuse a bundle not signed with this key's private half (require_signature)",
+    )
     _config_arguments(score, _score, overrides=False)
 
     add = commands.add_parser(
@@ -306,6 +328,25 @@ def _parser() -> argparse.ArgumentParser:
     categories.add_argument("--data-root", help="folder of categories to look in")
     categories.add_argument("--json", action="store_true", help="machine-readable output")
     categories.set_defaults(handler=_categories, overrides=[])
+
+    keygen = commands.add_parser(
+        "keygen",
+        help="make an Ed25519 key pair to sign bundles with",
+        description="Write a new private key to KEY (readable by you only) and its public key "
+        "to KEY.pub. Keep KEY where models are made; copy KEY.pub to the line PCs.",
+    )
+    keygen.add_argument("key", metavar="KEY", help="private key file to create")
+    keygen.set_defaults(handler=_keygen, overrides=[])
+
+    sign = commands.add_parser(
+        "sign",
+        help="sign a bundle, so line PCs can require it (score --require-signature)",
+        description="Sign a verified bundle with a private key from `anomaly keygen`: "
+        "signature.json in the bundle covers every file of it.",
+    )
+    sign.add_argument("--model", required=True, help="model bundle directory")
+    sign.add_argument("--key", required=True, help="private key file")
+    sign.set_defaults(handler=_sign, overrides=[])
 
     report = commands.add_parser("report", help="write report.html for a scoring run")
     report.add_argument("run_dir", help="run directory written by `anomaly score`")

@@ -212,8 +212,9 @@ def score(config: DictConfig) -> ScoreRun:
     """``anomaly score``: load the bundle ``config.model``, score ``config.paths`` (or the
     bundle's own ``config.split``, with its ground truth) into ``config.out`` (default
     ``runs/score-<time>``), and write the QA report when ``config.report`` is set and something
-    was scored."""
-    model = load_bundle(config.model)
+    was scored. With ``config.require_signature`` (a public key file) only a bundle signed with
+    its private half is used."""
+    model = load_bundle(config.model, require_signature=config.require_signature)
     model.set_runtime(
         config.runtime.batch_size, config.runtime.num_threads, config.runtime.progress
     )

@@ -57,8 +57,11 @@ def directory_mode() -> int:
     return 0o777 & ~current_umask()
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling, fsync and a rename."""
+def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> Path:
+    """Write ``data`` to ``path`` through a temporary sibling, fsync and a rename.
+
+    ``mode`` overrides the usual file mode (a private key: ``0o600``); the file never has a
+    wider mode than the final one at any instant (``mkstemp`` creates it ``0600``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -67,7 +70,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temp, file_mode())
+        os.chmod(temp, file_mode() if mode is None else mode)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
