@@ -154,6 +154,7 @@ class ScoreConfig:
     out: str | None = None  # run directory; default runs/score-<timestamp>
     heatmaps: bool = True  # write an overlay PNG for every rejected part
     report: bool = False  # also write report.html
+    resume: bool = False  # continue a run into `out` that was killed (same inputs and model)
     # Public key file: score only bundles signed with its private half (`anomaly sign`).
     require_signature: str | None = None
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

@@ -59,6 +59,9 @@ class NaNOnDark:
     def check_is_fitted(self) -> None:
         pass
 
+    def get_params(self) -> dict[str, object]:
+        return {}
+
     def score_batch(self, images: list[np.ndarray]) -> Prediction:
         scores = np.array([np.nan if im.mean() < 10 else float(im.mean()) for im in images])
         maps = [np.full(im.shape[:2], s, np.float32) for im, s in zip(images, scores, strict=True)]

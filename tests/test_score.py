@@ -67,6 +67,9 @@ class BrightestPixel:
     def check_is_fitted(self) -> None:
         pass
 
+    def get_params(self) -> dict[str, object]:
+        return {}
+
     defect_types_ = ()  # names no defect types, like every model without a type head
 
     def score_batch(self, images: list[np.ndarray]) -> Prediction:
@@ -262,16 +265,60 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def test_a_run_killed_midway_leaves_the_previous_run_whole(inputs, tmp_path):
+class Counting(BrightestPixel):
+    """Counts the images it is asked to score."""
+
+    def __init__(self, threshold: float = THRESHOLD) -> None:
+        super().__init__()
+        self.calibration_.threshold = threshold
+        self.images = 0
+
+    def score_batch(self, images: list[np.ndarray]) -> Prediction:
+        self.images += len(images)
+        return super().score_batch(images)
+
+
+def test_a_killed_run_keeps_the_previous_run_whole_and_resumes_without_rescoring(inputs, tmp_path):
     out = tmp_path / "run"
     score_paths(BrightestPixel(), [inputs], out)
     before = _snapshot(out)
     assert any(name.startswith("heatmaps/") for name in before)
+    with pytest.raises(KeyboardInterrupt):  # batches of 2: killed in the second
+        score_paths(DiesOnSecondBatch(), [inputs], out)
+    # The previous run is whole (the same CSV and the heatmaps it points at), no lock left.
+    now = _snapshot(out)
+    assert {k: v for k, v in now.items() if not k.startswith(".partial/")} == before
+    partial = out / ".partial" / "rows.csv"
+    assert sorted(rundir._read_partial_rows(partial)) == [0, 1]
+    with partial.open("a", newline="") as stream:  # a row the kill cut short: scored again
+        stream.write(f"2,{inputs / 'c_at_threshold.png'},2,1,N")
+    counting = Counting()
+    one_by_one = DiesOnSecondBatch()
+    one_by_one.batch_size = 1  # scores c, dies on d
+    with pytest.raises(KeyboardInterrupt):  # killed again, after the cut line: still readable
+        score_paths(one_by_one, [inputs], out, resume=True)
+    assert sorted(rundir._read_partial_rows(partial)) == [0, 1, 2]
+    run = score_paths(counting, [inputs], out, resume=True)
+    assert counting.images == 1  # d; a-c were kept, e is unreadable
+    assert run.resumed == 3 and run.counts == {"OK": 2, "NG": 2, "ERROR": 1, "UNCALIBRATED": 0}
+    # Exactly what an uninterrupted run wrote, in input order, and nothing left over.
+    assert _snapshot(out)["scores.csv"] == before["scores.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["heatmaps", "run.json", "scores.csv"]
+
+
+def test_resume_refuses_another_model_and_a_plain_run_discards_the_rest(inputs, tmp_path, caplog):
+    from anomaly.errors import DataError
+
+    out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         score_paths(DiesOnSecondBatch(), [inputs], out)
-    # The same CSV, the same heatmaps it points at, no lock, no staging folder.
-    assert _snapshot(out) == before
-    assert sorted(p.name for p in out.iterdir()) == ["heatmaps", "run.json", "scores.csv"]
+    with pytest.raises(DataError, match="cannot resume"):
+        score_paths(Counting(threshold=3.0), [inputs], out, resume=True)
+    counting = Counting()
+    with caplog.at_level("WARNING"):
+        score_paths(counting, [inputs], out)
+    assert "discarding the 2 rows of an interrupted run" in caplog.text
+    assert counting.images == 4
 
 
 def test_a_second_run_into_a_busy_folder_is_refused(inputs, tmp_path, capsys):

@@ -6,6 +6,7 @@
     DIR/heatmaps/    <index>_<stem>.png overlay of each rejected part (index: 5 digits)
     DIR/run.json     model, calibration, counts, seconds, ... (numpy-aware JSON)
     DIR/.lock        while a run writes: its pid and host (see RunWriter)
+    DIR/.partial/    while a run writes (or after it was killed): heatmaps, rows so far
 
 Writing and reading live together so that a column cannot be renamed, reordered or formatted
 differently on one side only. Every file is written atomically with the usual file mode
@@ -20,6 +21,7 @@ without its core columns, is an error: there is nothing meaningful to show then.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -38,9 +40,10 @@ import numpy as np
 from anomaly.errors import DataError, RunDirBusyError
 from anomaly.io import jsonio
 from anomaly.io.files import (
+    csv_text,
+    directory_mode,
     encode_png,
     file_mode,
-    make_staging_dir,
     replace_directory,
     write_bytes,
     write_csv_atomic,
@@ -52,6 +55,8 @@ logger = logging.getLogger(__name__)
 SCORES_CSV = "scores.csv"
 RUN_JSON = "run.json"
 LOCK_FILE = ".lock"
+#: Where a run works until it finishes (see RunWriter): heatmaps, rows so far, its fingerprint.
+PARTIAL_DIR, PARTIAL_ROWS, PARTIAL_STATE = ".partial", "rows.csv", "state.json"
 HEATMAPS_DIR = "heatmaps"
 
 #: Columns of ``scores.csv``, in file order.
@@ -69,6 +74,8 @@ CSV_COLUMNS = (
 #: Appended to :data:`CSV_COLUMNS` when the model names defect types (only then: files of every
 #: other model keep the format they always had).
 TYPE_COLUMNS = ("predicted_type", "predicted_type_probability")
+#: Columns of an unfinished run's rows: the input index, then every column a row can have.
+PARTIAL_COLUMNS = ("index", *CSV_COLUMNS, *TYPE_COLUMNS)
 #: Columns without which a row cannot be shown at all.
 REQUIRED_COLUMNS = ("file", "score", "verdict")
 #: ``UNCALIBRATED``: scored by a model without a threshold, so there is a score but no verdict.
@@ -172,48 +179,147 @@ def heatmap_name(index: int, file: str | Path) -> str:
 
 
 class RunWriter:
-    """One scoring run's writes into its folder, so that one run's files always go together.
+    """One scoring run's writes into its folder: one run's files always go together, and a run
+    that is killed keeps what it scored.
 
     Entering claims the folder with a lock file (``.lock``: a second run into the same folder
     is refused while the first lives; a lock left by a run that died on this machine is taken
-    over, with a warning). Heatmaps are written into a hidden staging folder; :meth:`finish`
-    then removes the previous run's ``scores.csv``, swaps the staging folder in as
-    ``heatmaps/`` (:func:`~anomaly.io.files.replace_directory`) and writes ``run.json`` and
-    ``scores.csv`` last. Until then the previous run stays whole; a run killed before the end
-    leaves it so, and one killed inside :meth:`finish` leaves no ``scores.csv``: never a CSV
-    whose heatmap column points at another run's pictures.
+    over, with a warning). The run works in ``.partial/``: heatmaps go to
+    ``.partial/heatmaps/`` and every scored row is appended to ``.partial/rows.csv``, flushed
+    and fsynced batch by batch (:meth:`append`). :meth:`finish` then removes the previous
+    run's ``scores.csv``, swaps the heatmaps in as ``heatmaps/``
+    (:func:`~anomaly.io.files.replace_directory`), writes ``run.json`` and ``scores.csv`` last
+    and removes ``.partial/``. Until then the previous run stays whole; a run killed before
+    the end leaves it so, plus ``.partial/`` for ``resume``; one killed inside :meth:`finish`
+    leaves no ``scores.csv``: never a CSV whose heatmap column points at another run's
+    pictures.
+
+    With ``resume`` the rows of an interrupted run with the same ``fingerprint`` (the inputs
+    and the model, see ``anomaly.commands.score``) are taken back (:attr:`done`), so no image
+    is scored twice; another fingerprint is refused. Without it an interrupted run's rows are
+    discarded, with a warning that says how many.
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        fingerprint: str = "",
+        heatmaps: bool = True,
+        resume: bool = False,
+    ) -> None:
         self.run_dir = Path(run_dir)
-        self._staging: Path | None = None
+        self.fingerprint = fingerprint
+        self.heatmaps = heatmaps
+        self.resume = resume
+        #: Rows taken back from an interrupted run, by input index.
+        self.done: dict[int, ScoreRow] = {}
         self._lock: Path | None = None
+        self._partial = self.run_dir / PARTIAL_DIR
 
     def __enter__(self) -> RunWriter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _claim(self.run_dir / LOCK_FILE)
-        self._staging = make_staging_dir(self.run_dir / HEATMAPS_DIR)
+        try:
+            self._open_partial()
+        except BaseException:
+            self._release()
+            raise
         return self
+
+    def _open_partial(self) -> None:
+        state_path, rows_path = self._partial / PARTIAL_STATE, self._partial / PARTIAL_ROWS
+        if self._partial.exists() and self.resume:
+            try:
+                state = json.loads(state_path.read_text())
+            except (OSError, ValueError) as error:
+                raise DataError(f"{state_path}: cannot resume from it ({error})") from error
+            if state.get("fingerprint") != self.fingerprint:
+                raise DataError(
+                    f"{self.run_dir}: cannot resume: the interrupted run scored other inputs or "
+                    "with another model; run without --resume to start over"
+                )
+            self.done = _read_partial_rows(rows_path)
+            _cut_to_last_line(rows_path)  # appending after a line the kill cut would merge two
+            logger.info("%s: resuming after %d scored rows", self.run_dir, len(self.done))
+            return
+        if self._partial.exists():
+            kept = len(_read_partial_rows(self._partial / PARTIAL_ROWS))
+            logger.warning(
+                "%s: discarding the %d rows of an interrupted run (--resume continues it)",
+                self.run_dir,
+                kept,
+            )
+            shutil.rmtree(self._partial)
+        elif self.resume:
+            logger.warning(
+                "%s: no interrupted run to resume; starting from the start", self.run_dir
+            )
+        (self._partial / HEATMAPS_DIR).mkdir(parents=True)
+        write_text_atomic(state_path, json.dumps({"fingerprint": self.fingerprint}))
+        write_csv_atomic(rows_path, PARTIAL_COLUMNS, [])
+
+    def append(self, rows: Sequence[tuple[int, ScoreRow]]) -> None:
+        """Record scored ``(input index, row)`` pairs durably (a flush and an fsync per call)."""
+        if not rows:
+            return
+        lines = csv_text(PARTIAL_COLUMNS, [{"index": i, **row.as_csv()} for i, row in rows])
+        body = lines.split("\r\n", 1)[1]  # without the header, which the file has
+        with (self._partial / PARTIAL_ROWS).open("a", encoding="utf-8", newline="") as stream:
+            stream.write(body)
+            stream.flush()
+            os.fsync(stream.fileno())
 
     def write_heatmap(self, index: int, file: str | Path, picture: np.ndarray) -> str:
         """Write the RGB overlay ``picture`` of input ``index``; returns its name for the CSV."""
         name = heatmap_name(index, file)
-        write_bytes(self._staging / Path(name).name, encode_png(picture))
+        write_bytes(self._partial / name, encode_png(picture))
         return name
 
     def finish(self, rows: Sequence[ScoreRow], info: dict[str, Any], defect_types: bool) -> None:
         """Publish the run: its heatmaps, ``run.json``, then ``scores.csv``."""
         (self.run_dir / SCORES_CSV).unlink(missing_ok=True)  # the previous run ends here
-        replace_directory(self._staging, self.run_dir / HEATMAPS_DIR)
-        self._staging = None
+        os.chmod(self._partial / HEATMAPS_DIR, directory_mode())
+        replace_directory(self._partial / HEATMAPS_DIR, self.run_dir / HEATMAPS_DIR)
         write_run_info(self.run_dir, info)
         write_scores(self.run_dir, rows, defect_types)  # last: its presence means finished
+        shutil.rmtree(self._partial, ignore_errors=True)
 
     def __exit__(self, *exc: object) -> None:
-        if self._staging is not None:
-            shutil.rmtree(self._staging, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
         if self._lock is not None:
             self._lock.unlink(missing_ok=True)
+            self._lock = None
+
+
+def _cut_to_last_line(path: Path) -> None:
+    """Drop an unfinished last line of ``path`` (one without its ``\r\n``)."""
+    data = path.read_bytes()
+    keep = data.rfind(b"\r\n") + 2 if b"\r\n" in data else 0
+    if keep < len(data):
+        with path.open("r+b") as stream:
+            stream.truncate(keep)
+            os.fsync(stream.fileno())
+
+
+def _read_partial_rows(path: Path) -> dict[int, ScoreRow]:
+    """The complete rows of an interrupted run's ``rows.csv`` (a line cut short by the kill,
+    without its line end, is dropped: that image is scored again)."""
+    try:
+        with path.open(encoding="utf-8", newline="") as stream:  # keep the \r\n line ends
+            text = stream.read()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    text = text[: text.rfind("\r\n") + 2] if "\r\n" in text else ""
+    rows: dict[int, ScoreRow] = {}
+    for cells in csv.DictReader(io.StringIO(text, newline="")):
+        try:
+            index = int(cells["index"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        rows[index] = ScoreRow.from_csv({k: (v or "").strip() for k, v in cells.items() if k})
+    return rows
 
 
 def _claim(lock: Path) -> Path:

@@ -97,6 +97,7 @@ def _score(args: argparse.Namespace) -> int:
             "report": args.report or None,
             "heatmaps": False if args.no_heatmaps else None,
             "require_signature": args.require_signature,
+            "resume": args.resume or None,
         },
     )
     run = score(config)
@@ -246,6 +247,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--report", action="store_true", help="also write report.html (report)")
     score.add_argument("--no-heatmaps", action="store_true", help="no overlay PNGs (heatmaps)")
+    score.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a run into --out that was killed, scoring only what it had not (resume)",
+    )
     score.add_argument(
         "--require-signature",
         metavar="PUBLIC_KEY",

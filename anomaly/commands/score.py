@@ -8,6 +8,8 @@ none, and ``scores.csv`` appears only when the run has finished.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -43,6 +45,8 @@ class ScoreRun:
     seconds: float = 0.0
     #: The QA report written for the run (``report=true``), if any.
     report: Path | None = None
+    #: Rows taken back from an interrupted run (``resume``), not scored again.
+    resumed: int = 0
 
     @property
     def counts(self) -> dict[str, int]:
@@ -64,6 +68,8 @@ class ScoreRun:
             f"({per_image:.0f} ms/image)",
             f"OK {counts['OK']}  NG {counts['NG']}  errors {counts['ERROR']}",
         ]
+        if self.resumed:
+            lines.insert(1, f"resumed: {self.resumed} rows kept from the interrupted run")
         if counts.get("UNCALIBRATED"):
             lines.append("model is not calibrated: no verdicts (run calibrate or `anomaly fit`)")
         for row in [r for r in self.rows if r.verdict == "ERROR"][:5]:
@@ -91,33 +97,32 @@ def score_paths(
     heatmaps: bool = True,
     ground_truth: dict[Path, Sample] | None = None,
     run_info: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> ScoreRun:
     """Score every image under ``paths`` with ``model`` and write the run directory ``out_dir``.
 
     ``ground_truth`` optionally maps file paths to dataset samples, whose label, defect type and
-    mask are copied into the CSV (for reports and evaluation).
+    mask are copied into the CSV (for reports and evaluation). Rows are recorded durably as
+    they are scored; with ``resume`` a run into ``out_dir`` that was killed is continued (the
+    same inputs and model), and no image is scored twice. The CSV is in input order either way.
     """
     model.check_is_fitted()
     out = Path(out_dir)
     files, rows = collect_files(paths)
     run = ScoreRun(out_dir=out, rows=rows)
     calibration = model.calibration_
-    with RunWriter(out) as writer:
+    fingerprint = run_fingerprint(model, files, heatmaps)
+    with RunWriter(out, fingerprint, heatmaps=heatmaps, resume=resume) as writer:
         started = time.perf_counter()
-        start = 0
-        for batch_files in batches(files, model.batch_size, "scoring", model.progress):
-            run.rows.extend(
-                _score_batch(
-                    model,
-                    batch_files,
-                    start,
-                    writer if heatmaps else None,
-                    calibration,
-                    ground_truth,
-                )
-            )
-            start += len(batch_files)
+        scored: dict[int, ScoreRow] = dict(writer.done)
+        todo = [(i, file) for i, file in enumerate(files) if i not in scored]
+        for batch in batches(todo, model.batch_size, "scoring", model.progress):
+            new = _score_batch(model, batch, writer, calibration, ground_truth)
+            writer.append(new)
+            scored.update(new)
+        run.rows.extend(scored[i] for i in range(len(files)))
         run.seconds = time.perf_counter() - started
+        run.resumed = len(writer.done)
         info = {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": model.model_name,
@@ -125,34 +130,49 @@ def score_paths(
             "heatmap_scale_max": SCALE_MAX,
             "counts": run.counts,
             "n_files": len(run.rows),
+            "resumed_rows": run.resumed,
             "seconds": round(run.seconds, 3),
-            "ms_per_image": round(1000 * run.seconds / max(1, run.n_scored), 2),
+            "ms_per_image": round(1000 * run.seconds / max(1, run.n_scored - run.resumed), 2),
             **(run_info or {}),
         }
         writer.finish(run.rows, info, defect_types=bool(model.defect_types_))
     return run
 
 
+def run_fingerprint(model: AnomalyModel, files: Sequence[Path], heatmaps: bool) -> str:
+    """What a resumed run must share with the one it continues: the input files in order, the
+    model (name, parameters, threshold) and whether heatmaps are written."""
+    calibration = model.calibration_
+    content = {
+        "files": [str(f) for f in files],
+        "model": model.model_name,
+        "params": model.get_params(),
+        "threshold": None if calibration is None else float(calibration.threshold),
+        "heatmaps": heatmaps,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _score_batch(
     model: AnomalyModel,
-    files: list[Path],
-    offset: int,
-    writer: RunWriter | None,
+    batch: list[tuple[int, Path]],
+    writer: RunWriter,
     calibration: Any,
     ground_truth: dict[Path, Sample] | None,
-) -> list[ScoreRow]:
-    rows: list[ScoreRow] = []
+) -> list[tuple[int, ScoreRow]]:
+    """Score ``(input index, file)`` pairs; returns ``(input index, row)`` pairs."""
+    rows: list[tuple[int, ScoreRow]] = []
     loaded: list[tuple[ScoreRow, np.ndarray, int]] = []
-    for position, file in enumerate(files):
+    for index, file in batch:
         row = ScoreRow(file=str(file))
         sample = (ground_truth or {}).get(Path(file))
         if sample is not None:
             row.label = sample.label
             row.defect_type = sample.defect_type
             row.mask = "" if sample.mask_path is None else str(sample.mask_path)
-        rows.append(row)
+        rows.append((index, row))
         try:
-            loaded.append((row, load_image(file), offset + position))
+            loaded.append((row, load_image(file), index))
         except ImageReadError as error:
             row.error = error.reason
     if not loaded:
@@ -162,13 +182,14 @@ def _score_batch(
         prediction = model.score_batch(images)
     except Exception as error:  # one odd image must not cost the batch: retry one by one
         logger.warning("batch failed (%s); scoring its images one by one", error)
-        return _score_one_by_one(model, loaded, writer, calibration, rows)
+        _score_one_by_one(model, loaded, writer, calibration)
+        return rows
     for position, (row, image, index) in enumerate(loaded):
         _fill(row, image, index, prediction, position, writer, calibration)
     return rows
 
 
-def _score_one_by_one(model, loaded, writer, calibration, rows) -> list[ScoreRow]:
+def _score_one_by_one(model, loaded, writer, calibration) -> None:
     for row, image, index in loaded:
         try:
             prediction = model.score_batch([image])
@@ -176,7 +197,6 @@ def _score_one_by_one(model, loaded, writer, calibration, rows) -> list[ScoreRow
             row.error = f"could not be scored: {error}"
             continue
         _fill(row, image, index, prediction, 0, writer, calibration)
-    return rows
 
 
 def _fill(row, image, index, prediction, position, writer, calibration) -> None:
@@ -197,7 +217,7 @@ def _fill(row, image, index, prediction, position, writer, calibration) -> None:
     if types is not None:  # the type of a rejected part is what a QA team triages by
         row.predicted_type = types[position]
         row.predicted_type_probability = float(prediction.predicted_type_probabilities[position])
-    if writer is not None:  # None: heatmaps not asked for
+    if writer.heatmaps:
         picture = overlay(image, prediction.anomaly_maps[position] / calibration.pixel_threshold)
         row.heatmap = writer.write_heatmap(index, row.file, picture)
 
@@ -233,6 +253,7 @@ def score(config: DictConfig) -> ScoreRun:
         out,
         heatmaps=config.heatmaps,
         ground_truth=ground_truth,
+        resume=config.resume,
         run_info={
             "model_dir": str(Path(config.model).resolve()),
             "category": model.metadata_.get("data", {}).get("category"),
