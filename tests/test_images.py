@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import cv2
@@ -269,3 +270,52 @@ def test_reduced_size_reports_the_same_errors(tmp_path: Path) -> None:
         load_image(path, max_side=8)
     with pytest.raises(ImageReadError, match="file not found"):
         load_image(tmp_path / "nope.jpg", max_side=8)
+
+
+def _gray_image(path: Path) -> Path:
+    return save_image(path, np.full((8, 8, 3), 100, np.uint8))
+
+
+def test_symlinked_folders_are_followed_once_and_a_loop_is_reported(tmp_path: Path) -> None:
+    from anomaly.io.images import find_images
+
+    outside = tmp_path / "elsewhere"
+    _gray_image(outside / "linked.png")
+    root = tmp_path / "inputs"
+    _gray_image(root / "a.png")
+    (root / "shift2").symlink_to(outside, target_is_directory=True)
+    (root / "back").symlink_to(root, target_is_directory=True)  # a loop
+    problems: list[tuple[Path, str]] = []
+    found = find_images(root, problems=problems)
+    assert [p.name for p in found] == ["a.png", "linked.png"]
+    assert problems == [(root / "back", "a link back to a folder already walked; not walked twice")]
+
+
+def test_a_folder_that_cannot_be_read_is_an_error_row_not_a_silence(tmp_path, monkeypatch):
+    from anomaly.commands.score import collect_files
+
+    root = tmp_path / "inputs"
+    _gray_image(root / "a.png")
+    _gray_image(root / "locked" / "b.png")
+    real_scandir = os.scandir
+
+    def scandir(path=".", *args):  # root can read every folder: deny one the way the OS would
+        if Path(path) == root / "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    files, errors = collect_files([root])
+    assert [p.name for p in files] == ["a.png"]
+    assert [(e.file, e.verdict) for e in errors] == [(str(root / "locked"), "ERROR")]
+    assert "folder cannot be read (Permission denied)" in errors[0].error
+
+
+def test_a_multi_page_tiff_is_refused_with_its_page_count(tmp_path: Path) -> None:
+    pages = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (10, 200, 90)]
+    path = tmp_path / "stack.tif"
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    with pytest.raises(ImageReadError, match=r"multi-page TIFF \(3 pages\)"):
+        load_image(path)
+    pages[0].save(tmp_path / "one.tif")
+    assert load_image(tmp_path / "one.tif").shape == (8, 8, 3)

@@ -79,14 +79,18 @@ class ScoreRun:
 
 
 def collect_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[ScoreRow]]:
-    """Image files under ``paths``, and ERROR rows for paths that gave none."""
+    """Image files under ``paths``, and ERROR rows for paths that gave none and for folders
+    that could not be walked."""
     files: list[Path] = []
     errors: list[ScoreRow] = []
     for path in paths:
+        problems: list[tuple[Path, str]] = []
         try:
-            files.extend(find_images([path]))
+            files.extend(find_images([path], problems=problems))
         except AnomalyError as error:
             errors.append(ScoreRow(file=str(path), error=_reason(error, path)))
+        # A folder that could not be walked is an input that was not scored: a row says so.
+        errors.extend(ScoreRow(file=str(where), error=reason) for where, reason in problems)
     return files, errors
 
 

@@ -186,6 +186,8 @@ def _decode(path: str | Path, max_side: int | None = None) -> np.ndarray:
     # and lets us tell "missing" from "empty" from "corrupt".
     data = _read_bytes(path)
     fmt = _sniff_format(data)
+    if fmt == "TIFF":
+        _refuse_multipage(path, data)
     array = None if max_side is None else _decode_reduced(data, fmt, max_side)
     if array is None:
         array = _decode_cv2(data)
@@ -194,6 +196,22 @@ def _decode(path: str | Path, max_side: int | None = None) -> np.ndarray:
     if array.ndim not in (2, 3) or array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageReadError(path, f"image has a zero or missing dimension (shape {array.shape})")
     return array
+
+
+def _refuse_multipage(path: Path, data: bytes) -> None:
+    """A TIFF with several pages: decoders return the first one alone, which would score one
+    page and drop the rest without a word, so the file is refused with the page count."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            pages = int(getattr(image, "n_frames", 1))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        return  # the decoders below say what is wrong with it
+    if pages > 1:
+        raise ImageReadError(
+            path,
+            f"multi-page TIFF ({pages} pages): only single images are scored, and scoring its "
+            "first page alone would drop the others; save each page as its own file",
+        )
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -318,8 +336,15 @@ def load_mask(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndar
     return mask
 
 
-def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
+def list_images(
+    folder: str | Path, recursive: bool = True, problems: list[tuple[Path, str]] | None = None
+) -> list[Path]:
     """Image files under one folder, sorted; hidden files and folders are skipped.
+
+    Symbolic links to folders are followed, each real folder walked once (a link back up the
+    tree is not a loop forever). A folder that cannot be listed, and a link that leads back
+    into the tree, is appended to ``problems`` as ``(path, reason)`` (and logged), so that a
+    caller can report it instead of skipping it silently.
 
     Unlike :func:`find_images` this returns an empty list for a folder without images, for
     callers (dataset loaders) that decide themselves whether that is an error.
@@ -327,13 +352,35 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     Args:
         folder: folder to walk; it must exist.
         recursive: walk sub-folders too.
+        problems: where to record what could not be walked (None: logged only).
 
     Returns:
         Paths (``folder`` joined with the relative names), sorted by their path components.
     """
     folder = Path(folder)
     found: list[Path] = []
-    for current, dirs, files in os.walk(folder):
+    seen: set[tuple[int, int]] = set()
+
+    def problem(path: str | Path, reason: str) -> None:
+        logger.warning("%s: %s", path, reason)
+        if problems is not None:
+            problems.append((Path(path), reason))
+
+    def unreadable(error: OSError) -> None:
+        problem(error.filename, f"folder cannot be read ({error.strerror or error}); skipped")
+
+    for current, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        try:
+            info = os.stat(current)
+        except OSError as error:
+            unreadable(error)
+            dirs[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:  # reached again through a link: a loop
+            problem(current, "a link back to a folder already walked; not walked twice")
+            dirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
         # Pruning in place is how os.walk is told not to descend; sorting makes order stable.
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
         base = Path(current)
@@ -344,7 +391,11 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     return sorted(found, key=lambda p: p.parts)
 
 
-def find_images(paths: Iterable[str | Path] | str | Path, recursive: bool = True) -> list[Path]:
+def find_images(
+    paths: Iterable[str | Path] | str | Path,
+    recursive: bool = True,
+    problems: list[tuple[Path, str]] | None = None,
+) -> list[Path]:
     """Expand files and folders into the list of image files to process.
 
     A file given directly is kept as is, whatever its extension, so that a scorer records a
@@ -355,6 +406,8 @@ def find_images(paths: Iterable[str | Path] | str | Path, recursive: bool = True
     Args:
         paths: files and/or folders (a single path is accepted too).
         recursive: walk sub-folders of the folders given.
+        problems: receives ``(folder, reason)`` for what could not be walked
+            (:func:`list_images`).
 
     Returns:
         Image paths, deduplicated, in input order, each folder's files sorted.
@@ -370,7 +423,7 @@ def find_images(paths: Iterable[str | Path] | str | Path, recursive: bool = True
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
-            found = list_images(path, recursive=recursive)
+            found = list_images(path, recursive=recursive, problems=problems)
             if not found:
                 where = "in it or its sub-folders" if recursive else "in it"
                 extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
