@@ -205,6 +205,10 @@ def build_config(
                 loaded = OmegaConf.load(path)
             except yaml.YAMLError as error:  # malformed YAML: one line, with where it broke
                 raise ConfigError(f"{path}: not valid YAML ({_one_line(error)})") from error
+            except OSError as error:  # omegaconf's word for a scalar document ("0", "text")
+                raise ConfigError(f"{path}: not a mapping of config keys ({error})") from error
+            if not isinstance(loaded, DictConfig):  # a list document ("- a")
+                raise ConfigError(f"{path}: not a mapping of config keys (a list)")
             config = OmegaConf.merge(config, loaded)
         for item in overrides or []:
             if "=" not in item:
@@ -214,7 +218,7 @@ def build_config(
         for key, value in flags.items():
             if value is not None:
                 OmegaConf.update(config, key, value, merge=True)
-    except OmegaConfBaseException as error:
+    except (OmegaConfBaseException, yaml.YAMLError) as error:  # a value YAML cannot read, too
         raise ConfigError(f"invalid configuration: {_one_line(error)}") from error
     return config
 
@@ -227,4 +231,6 @@ def _one_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     message = lines[0] if lines else type(error).__name__
     key = getattr(error, "full_key", None)
-    return f"{key}: {message}" if key else message
+    text = f"{key}: {message}" if key else message
+    # A key or value typed with control characters stays visible, and the message one line.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -202,8 +202,10 @@ def _refuse_multipage(path: Path, data: bytes) -> None:
     """A TIFF with several pages: decoders return the first one alone, which would score one
     page and drop the rest without a word, so the file is refused with the page count."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            pages = int(getattr(image, "n_frames", 1))
+        with warnings.catch_warnings():  # damaged tags: the decoders below judge the pixels
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                pages = int(getattr(image, "n_frames", 1))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
         return  # the decoders below say what is wrong with it
     if pages > 1:
