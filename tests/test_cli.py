@@ -231,3 +231,34 @@ def test_an_output_folder_that_cannot_be_written_exits_3_with_its_path(
     assert main(["score", str(image), "--model", str(bundle), "--out", str(out)]) == 3
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and str(blocker) in error and "\n" not in error
+
+
+def test_add_on_a_full_disk_exits_3_and_leaves_the_bundle_and_no_half_copy(
+    fitted_bundle, tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    _, bundle = fitted_bundle
+    work = tmp_path / "models" / "bundle"
+    shutil.copytree(bundle, work)
+    files_before = sorted(p.name for p in work.iterdir())
+    new_good = tmp_path / "new_good"
+    save_image(new_good / "good_0.png", textured_part(np.random.default_rng(3)))
+    real_copy = shutil.copyfile
+    copied = []
+
+    def copy_until_full(source, destination, **kwargs):
+        if copied:  # the disk fills up on the second file of the backup copy
+            raise OSError(errno.ENOSPC, "No space left on device", str(destination))
+        copied.append(source)
+        return real_copy(source, destination, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_until_full)
+    code = main(["add", str(new_good), "--model", str(work), "runtime.progress=false"])
+    assert code == 3
+    error = capsys.readouterr().err.strip()
+    assert "No space left on device" in error and "\n" not in error
+    # The bundle is untouched and loads; nothing half-copied is left beside it.
+    assert sorted(p.name for p in work.iterdir()) == files_before
+    load_bundle(work)
+    assert sorted(p.name for p in work.parent.iterdir()) == ["bundle"]
