@@ -168,3 +168,14 @@ def test_one_good_image_fits_and_says_what_it_cannot_measure(tmp_path: Path) -> 
     config.out, config.image_size, config.runtime.progress = str(tmp_path / "b"), 64, False
     text = fit_category(config).text()
     assert "false-alarm rate n/a (no good test images)" in text
+
+
+def test_a_bundle_without_its_patch_grid_is_a_bundle_error(patchcore, monkeypatch) -> None:
+    model, bundles = patchcore
+    full = model.state_tensors()
+    monkeypatch.setattr(
+        model, "state_tensors", lambda: {k: v for k, v in full.items() if k != "patch_grid"}
+    )
+    path = save_bundle(model, bundles / "no-grid")
+    with pytest.raises(BundleError, match="lack 'patch_grid'"):
+        load_bundle(path)
