@@ -59,6 +59,8 @@ class HybridConfig(PatchCoreConfig):
 
     head_layers: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # pooled for the head
     min_defects: int = 2  # fewer labelled train defects: no head, PatchCore's scores
+    # Use the head only if its validation gain holds in this share of bootstrap resamples.
+    fusion_confidence: float = 0.95
 
 
 @dataclass

@@ -227,3 +227,17 @@ def test_one_defect_type_names_none(fitted) -> None:
     assert result.summary["test"]["defect_types"] is None
     prediction = result.model.predict([np.zeros((64, 64, 3), np.uint8)])
     assert prediction.predicted_types is None and prediction.defect_types == ()
+
+
+def test_a_head_gain_that_does_not_hold_under_resampling_is_not_trusted() -> None:
+    model = Hybrid(seed=0)
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(60, int), np.ones(12, int)]
+    bank = rng.normal(0, 1, 72) + 1.5 * labels
+    model.bank_stats_, model.head_stats_ = (0.0, 1.0), (0.0, 1.0)
+    model.fusion_weight_ = 0.5
+    # A head of pure noise can win on one validation draw; it does not win on most resamples.
+    assert model._fusion_support(labels, bank, rng.normal(0, 1, 72)) < 0.95
+    assert model._fusion_support(labels, bank, 4.0 * labels + rng.normal(0, 1, 72)) > 0.99
+    model.fusion_weight_ = 0.0
+    assert model._fusion_support(labels, bank, bank) == 1.0
