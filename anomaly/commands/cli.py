@@ -235,8 +235,9 @@ def _parser() -> argparse.ArgumentParser:
         help="score image files/folders: CSV, heatmaps of rejected parts",
         description="Score images with a fitted model. Writes scores.csv (file, score, "
         "normalized_score, verdict OK/NG/ERROR, heatmap, error), a heatmap overlay for every "
-        "rejected part and run.json. Bad files are recorded and skipped; the exit code is 1 "
-        "only when nothing could be scored.",
+        "rejected part and run.json. Bad files are recorded and skipped. Exit codes: 0 done, 1 "
+        "nothing could be scored, 2 a bad setting, model or bundle, 3 the disk or file system "
+        "refused.",
     )
     _paths_argument(score, "image files or folders")
     score.add_argument("--model", help="model bundle directory (model)")
