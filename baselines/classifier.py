@@ -91,6 +91,7 @@ from anomaly.components.maps import anomaly_map
 from anomaly.components.threads import limited_threads
 from anomaly.errors import BackboneError, BundleError, ConfigError, DataError
 from anomaly.evaluation import metrics
+from anomaly.io.tensors import tensor_text, text_tensor
 from anomaly.models.base import AnomalyModel, ImageInput
 from baselines.gradcam import grad_cam
 
@@ -876,8 +877,8 @@ class SupervisedClassifier(AnomalyModel):
         }
         # safetensors holds tensors only: the training record travels as UTF-8 JSON bytes,
         # parsed with json (never unpickled) on load.
-        info = json.dumps(self.training_info(), sort_keys=True).encode()
-        tensors[INFO_KEY] = np.frombuffer(info, dtype=np.uint8).copy()
+        info = json.dumps(self.training_info(), sort_keys=True)
+        tensors[INFO_KEY] = text_tensor(info)
         return tensors
 
     def load_state(self, tensors: dict[str, np.ndarray], bundle_dir: Path) -> None:
@@ -937,6 +938,6 @@ def _training_info(tensors: dict[str, np.ndarray], bundle_dir: Path) -> dict[str
     if INFO_KEY not in tensors:
         raise BundleError(f"{where}: no {INFO_KEY}; not a baseline bundle")
     try:
-        return json.loads(bytes(tensors[INFO_KEY].astype(np.uint8)).decode())
+        return json.loads(tensor_text(tensors[INFO_KEY]))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(f"{where}: {INFO_KEY} is not valid JSON ({error})") from error

@@ -262,8 +262,8 @@ class RunWriter:
         """Record scored ``(input index, row)`` pairs durably (a flush and an fsync per call)."""
         if not rows:
             return
-        lines = csv_text(PARTIAL_COLUMNS, [{"index": i, **row.as_csv()} for i, row in rows])
-        body = lines.split("\r\n", 1)[1]  # without the header, which the file has
+        cells = [{"index": i, **row.as_csv()} for i, row in rows]
+        body = csv_text(PARTIAL_COLUMNS, cells, header=False)  # the file has its header
         with (self._partial / PARTIAL_ROWS).open("a", encoding="utf-8", newline="") as stream:
             stream.write(body)
             stream.flush()

@@ -88,10 +88,9 @@ class FitResult:
             lines.append(f"test pixel AUROC {test['pixel_auroc']:.4f}, AUPRO {test['aupro']:.4f}")
         named = test.get("defect_types") or {}
         if named.get("accuracy") is not None:
-            n_typed = sum(1 for _ in named["per_type"])
             lines.append(
                 f"test defect type named correctly for {named['accuracy']:.1%} of the typed "
-                f"defects ({n_typed} types)"
+                f"defects ({len(named['per_type'])} types)"
             )
         lines.append(
             f"inference {test['ms_per_image']:.0f} ms/image; bundle "

@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from anomaly.components.linear import class_rows
 from anomaly.errors import BundleError, DataError
+from anomaly.io.tensors import tensor_text, text_tensor
 
 #: Regularisation of the group classifier (standardised features; groups are usually obvious).
 GROUP_C = 0.1
@@ -60,10 +62,7 @@ class GroupScales:
         model = LogisticRegression(C=GROUP_C, max_iter=5000).fit(
             self._standardise(features), labels
         )
-        coef, intercept = model.coef_, model.intercept_
-        if len(names) == 2:  # one row for two classes: decision z -> logits [0, z]
-            coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
-        self.coef_, self.intercept_ = coef.astype(np.float64), intercept.astype(np.float64)
+        self.coef_, self.intercept_ = class_rows(model)
         self.train_accuracy_ = float((self.predict_index(features) == labels).mean())
         self.validation_accuracy_ = float("nan")  # set by fit_scales when true groups are known
         return self
@@ -130,9 +129,8 @@ class GroupScales:
 
     # ------------------------------------------------------------------ persistence
     def to_tensors(self) -> dict[str, np.ndarray]:
-        names = "\n".join(self.names_).encode()
         return {
-            "group_names": np.frombuffer(names, dtype=np.uint8).copy(),
+            "group_names": text_tensor("\n".join(self.names_)),
             "group_feature_mean": self.mean_,
             "group_feature_scale": self.scale_,
             "group_coef": self.coef_,
@@ -149,9 +147,7 @@ class GroupScales:
             return None
         scales = cls()
         try:
-            scales.names_ = tuple(
-                bytes(tensors["group_names"].astype(np.uint8)).decode().split("\n")
-            )
+            scales.names_ = tuple(tensor_text(tensors["group_names"]).split("\n"))
             scales.mean_ = tensors["group_feature_mean"]
             scales.scale_ = tensors["group_feature_scale"]
             scales.coef_ = tensors["group_coef"]

@@ -90,7 +90,7 @@ def score_split(model: AnomalyModel, samples: Sequence[Sample]) -> SplitScores:
     maps: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     mask_errors: list[str] = []
-    predicted_types: list[str] | None = []
+    batch_types: list[list[str] | None] = []
     model_seconds = 0.0
     started = time.perf_counter()
     for batch_samples in batches(samples, model.batch_size, "evaluating", model.progress):
@@ -100,10 +100,7 @@ def score_split(model: AnomalyModel, samples: Sequence[Sample]) -> SplitScores:
         model_seconds += time.perf_counter() - model_started
         batch_scores, batch_maps = prediction.scores, prediction.anomaly_maps
         scores.append(batch_scores)
-        types = prediction.predicted_types
-        predicted_types = (
-            None if types is None or predicted_types is None else predicted_types + types
-        )
+        batch_types.append(prediction.predicted_types)
         maxima.extend(float(m.max()) for m in batch_maps)
         if not with_masks:
             continue
@@ -130,7 +127,11 @@ def score_split(model: AnomalyModel, samples: Sequence[Sample]) -> SplitScores:
         masks=masks,
         mask_errors=mask_errors,
         model_seconds=model_seconds,
-        predicted_types=predicted_types if predicted_types and samples else None,
+        predicted_types=(
+            None
+            if not batch_types or any(t is None for t in batch_types)
+            else [t for types in batch_types for t in types]
+        ),
     )
 
 

@@ -84,13 +84,18 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def csv_text(
-    columns: Sequence[str], rows: Iterable[Mapping[str, Any]], lineterminator: str = "\r\n"
+    columns: Sequence[str],
+    rows: Iterable[Mapping[str, Any]],
+    lineterminator: str = "\r\n",
+    header: bool = True,
 ) -> str:
     """CSV text of ``rows`` under a header of ``columns`` (lines end ``\\r\\n`` as the ``csv``
-    module's default, or ``lineterminator``)."""
+    module's default, or ``lineterminator``); ``header=False`` for lines appended to a file
+    that has its header already."""
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator=lineterminator)
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
 

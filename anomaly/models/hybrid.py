@@ -47,10 +47,12 @@ from sklearn.model_selection import StratifiedKFold
 
 from anomaly.components.features import extract
 from anomaly.components.groups import descriptors
+from anomaly.components.linear import class_rows
 from anomaly.components.threads import limited_threads
 from anomaly.data.dataset import Sample
 from anomaly.errors import BundleError, DataError
 from anomaly.evaluation import metrics
+from anomaly.io.tensors import tensor_text, text_tensor
 from anomaly.models.base import Prediction, good_subset
 from anomaly.models.patchcore import PatchCore
 
@@ -271,12 +273,8 @@ class Hybrid(PatchCore):
                 score = float(balanced_accuracy_score(y, predicted.astype(int)))
                 if score > best_score + 1e-12:
                     best_c, best_score = c, score
-        head = self._head(best_c).fit(x, y)
-        coef, intercept = head.coef_.astype(np.float64), head.intercept_.astype(np.float64)
-        if len(names) == 2:  # sklearn keeps one row for two classes: softmax([-z/2, z/2]) = sigmoid
-            coef, intercept = np.vstack([-coef / 2, coef / 2]), np.r_[-intercept / 2, intercept / 2]
         self.defect_types_ = tuple(names)
-        self.type_coef_, self.type_intercept_ = coef, intercept
+        self.type_coef_, self.type_intercept_ = class_rows(self._head(best_c).fit(x, y))
         self.type_c_, self.type_cv_accuracy_ = float(best_c), best_score
 
     def _no_type_head(self, n_features: int) -> None:
@@ -335,13 +333,9 @@ class Hybrid(PatchCore):
             )
             logger.warning("hybrid: %s", self.head_note_)
             self.fusion_weight_ = 0.0
-            return bank_all, features_all
-        fused = (
-            bank_all
-            if self.fusion_weight_ == 0.0
-            else self._fuse(bank_all, head_all, self.fusion_weight_)
-        )
-        return fused, features_all
+        if self.fusion_weight_ == 0.0:
+            return bank_all, features_all  # what _score_batch gives: PatchCore's scores
+        return self._fuse(bank_all, head_all, self.fusion_weight_), features_all
 
     def _fusion_support(self, labels: np.ndarray, bank: np.ndarray, head: np.ndarray) -> float:
         """Share of stratified bootstrap resamples of validation in which the chosen weight's
@@ -459,11 +453,11 @@ class Hybrid(PatchCore):
                 ]
             ),
             "head_counts": np.array([self.n_train_good_, self.n_train_defects_], dtype=np.int64),
-            "head_note": _text_tensor(self.head_note_),
+            "head_note": text_tensor(self.head_note_),
             "type_coef": self.type_coef_,
             "type_intercept": self.type_intercept_,
             "type_scalars": np.array([self.type_c_, self.type_cv_accuracy_]),
-            "type_names": _text_tensor("\n".join(self.defect_types_)),
+            "type_names": text_tensor("\n".join(self.defect_types_)),
         }
 
     def load_state(self, tensors: dict[str, np.ndarray], bundle_dir: Any) -> None:
@@ -474,7 +468,7 @@ class Hybrid(PatchCore):
             self.head_coef_ = tensors["head_coef"]
             scalars = [float(v) for v in tensors["head_scalars"]]
             counts = [int(v) for v in tensors["head_counts"]]
-            note = bytes(tensors["head_note"].astype(np.uint8)).decode()
+            note = tensor_text(tensors["head_note"])
         except (KeyError, UnicodeDecodeError) as error:
             raise BundleError(f"{bundle_dir}: not a hybrid bundle ({error})") from error
         (self.head_intercept_, self.head_c_, self.head_cv_auroc_) = scalars[:3]
@@ -488,21 +482,15 @@ class Hybrid(PatchCore):
         if "type_names" not in tensors:  # a bundle from before the type head names no types
             self._no_type_head(self.head_coef_.shape[0])
             return
-        names = bytes(tensors["type_names"].astype(np.uint8)).decode()
+        names = tensor_text(tensors["type_names"])
         self.defect_types_ = tuple(names.split("\n")) if names else ()
-        n_types, n_features = len(self.defect_types_), self.head_coef_.shape[0]
-        self.type_coef_ = tensors["type_coef"].reshape(n_types, n_features if n_types else 0)
-        if not n_types:
-            self.type_coef_ = np.zeros((0, n_features))
+        self.type_coef_ = tensors["type_coef"].reshape(
+            len(self.defect_types_), self.head_coef_.shape[0]
+        )
         self.type_intercept_ = tensors["type_intercept"]
         self.type_c_, self.type_cv_accuracy_ = (float(v) for v in tensors["type_scalars"])
         if self.type_intercept_.shape != (len(self.defect_types_),):
             raise BundleError(f"{bundle_dir}: type head does not match its {names!r} types")
-
-
-def _text_tensor(text: str) -> np.ndarray:
-    """UTF-8 ``text`` as a uint8 array, the form safetensors stores (no pickle, no strings)."""
-    return np.frombuffer(text.encode(), dtype=np.uint8).copy()
 
 
 def _out_of_fold(
