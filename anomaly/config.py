@@ -173,6 +173,19 @@ class AddConfig:
 
 
 @dataclass
+class ExportConfig:
+    """``anomaly export``: a copy of a bundle whose features run in ONNX Runtime or OpenVINO."""
+
+    model: str = "runs/sealant/patchcore"  # bundle directory (made by `anomaly fit`)
+    format: str = "onnx"  # onnx (ONNX Runtime) | openvino
+    precision: str = "fp32"  # fp32; openvino also bf16 | fp16 (checked, recorded)
+    out: str | None = None  # default <model>-<format>-<precision>
+    # Save even when validation defects the PyTorch model rejects would pass (recorded).
+    force: bool = False
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+@dataclass
 class EvaluateConfig:
     """``anomaly evaluate``: every metric of one or several bundles on one labelled split."""
 

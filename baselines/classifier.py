@@ -445,6 +445,7 @@ class SupervisedClassifier(AnomalyModel):
 
     model_name: ClassVar[str] = "baseline"
     supervised: ClassVar[bool] = True
+    has_feature_graph: ClassVar[bool] = False  # Grad-CAM maps need gradients: scores its own way
     native_threshold: ClassVar[float | None] = 0.5
 
     def __init__(
@@ -581,6 +582,7 @@ class SupervisedClassifier(AnomalyModel):
         # neighbours than about the training.
         self.fit_cpu_seconds_ = _cpu_seconds() - cpu_started
         self.backbone_sha256_ = network.weights_sha256()
+        self.weights_source_ = network.weights_source
         self.calibration_ = None
         logger.info(
             "baseline %s (%s): %d good + %d defect images, best epoch %d of %d, %.1f s "

@@ -69,7 +69,7 @@ def test_mahalanobis_matches_numpy(fitted: tuple[PaDiM, list[np.ndarray]]) -> No
         inverse = np.linalg.inv(covariance)
         diff = test[:, p, :] - mean[p]
         expected[:, p] = np.sqrt(np.einsum("ni,ij,nj->n", diff, inverse, diff))
-    scores, grids = model._score_batch(extract(model.extractor_, queries, SIZE))
+    scores, grids = model._score_features(model.runtime_(queries))
     assert grids.shape == (3, *model.patch_grid_)
     np.testing.assert_allclose(grids.reshape(3, -1), expected, rtol=2e-3)
     np.testing.assert_allclose(scores, expected.max(axis=1), rtol=2e-3)

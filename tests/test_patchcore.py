@@ -214,13 +214,13 @@ def two_threads():
 def test_threads_are_limited_during_fit_and_scoring_only(images, two_threads, monkeypatch):
     train, good, _, _ = images
     seen: list[int] = []
-    original = PatchCore._score_batch
+    original = PatchCore._score_features
 
     def spy(self, feature_maps):
         seen.append(torch.get_num_threads())
         return original(self, feature_maps)
 
-    monkeypatch.setattr(PatchCore, "_score_batch", spy)
+    monkeypatch.setattr(PatchCore, "_score_features", spy)
     model = PatchCore(image_size=64, coreset_ratio=0.25, num_threads=1, progress=False)
     model.fit(train[:3])
     assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (2, 2)

@@ -258,19 +258,25 @@ def _is_safetensors(path: Path) -> bool:
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that decide a model's numbers, recorded with every result.
 
-    OpenCV is here because it renders the built-in sealant images and resizes images and maps.
+    Read from the installed distributions, without importing them: an exported bundle is
+    saved by a process that may never import torch. OpenCV is here because it renders the
+    built-in sealant images and resizes images and maps. A library that is not installed is
+    left out.
     """
-    import cv2
-    import faiss
-    import timm
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {
-        "anomaly": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "faiss": faiss.__version__,
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-    }
+    versions = {"anomaly": __version__, "python": platform.python_version()}
+    for name, distribution in (
+        ("torch", "torch"),
+        ("timm", "timm"),
+        ("faiss", "faiss-cpu"),
+        ("numpy", "numpy"),
+        ("opencv", "opencv-python-headless"),
+        ("onnxruntime", "onnxruntime"),
+        ("openvino", "openvino"),
+    ):
+        try:
+            versions[name] = version(distribution)
+        except PackageNotFoundError:
+            continue
+    return versions

@@ -139,6 +139,25 @@ def _add(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace) -> int:
+    from anomaly.commands.export import export_bundle
+    from anomaly.config import ExportConfig
+
+    config = _config(
+        ExportConfig,
+        args,
+        {
+            "model": args.model,
+            "format": args.format,
+            "precision": args.precision,
+            "out": args.out,
+            "force": args.force or None,
+        },
+    )
+    print(export_bundle(config).text())
+    return EXIT_OK
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from anomaly.commands.evaluate import evaluate
     from anomaly.config import EvaluateConfig
@@ -273,6 +292,28 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--model", help="PatchCore bundle directory (model)")
     add.add_argument("--out", help="where to save (out); default the model's own directory")
     _config_arguments(add, _add, overrides=False)
+
+    export = commands.add_parser(
+        "export",
+        help="a copy of a bundle that scores through ONNX Runtime or OpenVINO (no torch needed)",
+        description="Trace the model's feature graph (normalisation, backbone, pooling) to ONNX "
+        "or OpenVINO, check it against PyTorch on the bundle's validation split (largest score "
+        "difference, verdict flips, AUROC) and save a bundle that scores with it. Search, maps, "
+        "calibration and verdicts stay the same code. Refuses to save when a validation defect "
+        "the PyTorch model rejects would pass, unless --force.",
+    )
+    export.add_argument("--model", help="bundle directory to export (model)")
+    export.add_argument("--format", choices=["onnx", "openvino"], help="format: onnx (default)")
+    export.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        help="inference precision (precision): fp32 (default); openvino also bf16, fp16",
+    )
+    export.add_argument("--out", help="exported bundle directory (out)")
+    export.add_argument(
+        "--force", action="store_true", help="save even if validation defects would pass"
+    )
+    _config_arguments(export, _export)
 
     # The help quotes the default level; confidence=0.99 sets another, which the tables state.
     default_confidence = confidence_text(EvaluateConfig.confidence)

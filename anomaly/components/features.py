@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from anomaly.components.backbones import FeatureExtractor
+from anomaly.runtime.inputs import resize_batch
 
 
 def preprocess(
@@ -18,15 +18,14 @@ def preprocess(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> torch.Tensor:
-    """Resize RGB ``uint8`` images ``(H, W, 3)`` to ``image_size`` squared and normalise.
+    """Resize RGB ``uint8`` images ``(H, W, 3)`` to ``image_size`` squared (the resize every
+    runtime shares, :func:`~anomaly.runtime.inputs.resize_batch`) and normalise.
 
-    The whole image is resized (no centre crop): a crop would hide defects near the border of
-    the part. Returns a float batch ``(B, 3, image_size, image_size)``.
+    Returns a float batch ``(B, 3, image_size, image_size)``. The anomaly models normalise
+    inside their feature graph (:mod:`anomaly.runtime.torch_graph`); this is for networks that
+    run outside one (the supervised baseline, benchmarks).
     """
-    batch = np.empty((len(images), image_size, image_size, 3), dtype=np.float32)
-    for i, image in enumerate(images):
-        resized = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
-        batch[i] = resized
+    batch = resize_batch(images, image_size).astype(np.float32)
     batch *= 1.0 / 255.0
     batch -= np.asarray(mean, dtype=np.float32)
     batch /= np.asarray(std, dtype=np.float32)

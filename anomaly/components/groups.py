@@ -22,10 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
-from sklearn.linear_model import LogisticRegression
 
-from anomaly.components.linear import class_rows
 from anomaly.errors import BundleError, DataError
 from anomaly.io.tensors import tensor_text, text_tensor
 
@@ -33,11 +30,6 @@ from anomaly.io.tensors import tensor_text, text_tensor
 GROUP_C = 0.1
 #: Fewest good validation images a group needs for its own mean and spread.
 MIN_GOOD_PER_GROUP = 5
-
-
-def descriptors(feature_maps: Sequence[torch.Tensor]) -> np.ndarray:
-    """One global descriptor per image ``(B, C1 + C2 + ...)``: each stage's mean over space."""
-    return torch.cat([maps.mean(dim=(2, 3)) for maps in feature_maps], dim=1).double().numpy()
 
 
 class GroupScales:
@@ -49,6 +41,11 @@ class GroupScales:
     """
 
     def fit(self, features: np.ndarray, groups: Sequence[str]) -> GroupScales:
+        # Imported here: scoring with fitted scales (a line PC's [edge] install) needs numpy only.
+        from sklearn.linear_model import LogisticRegression
+
+        from anomaly.components.linear import class_rows
+
         names = sorted({str(g) for g in groups})
         if len(names) < 2:
             raise DataError(

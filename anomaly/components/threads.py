@@ -9,11 +9,11 @@ the process-wide settings another part of the program relies on.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import faiss
-import torch
 from threadpoolctl import threadpool_limits
 
 
@@ -27,13 +27,18 @@ def limited_threads(num_threads: int = 0) -> Iterator[int]:
     """Run the block with torch, faiss and BLAS limited to ``num_threads`` (0 = every core);
     the previous settings are restored on exit. Yields the count used."""
     count = resolve_threads(num_threads)
-    torch_before = torch.get_num_threads()
+    # torch only when something imported it: a torch-free scorer (an exported bundle) must not
+    # load it just to set a pool nobody uses.
+    torch = sys.modules.get("torch")
+    torch_before = torch.get_num_threads() if torch is not None else None
     faiss_before = faiss.omp_get_max_threads()
-    torch.set_num_threads(count)
+    if torch is not None:
+        torch.set_num_threads(count)
     faiss.omp_set_num_threads(count)
     try:
         with threadpool_limits(limits=count, user_api="blas"):
             yield count
     finally:
-        torch.set_num_threads(torch_before)
+        if torch is not None:
+            torch.set_num_threads(torch_before)
         faiss.omp_set_num_threads(faiss_before)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from scipy import stats
+
+def _beta_ppf(q: float, a: float, b: float) -> float:
+    # scipy is imported here, not at module import: calibrating needs it, and scoring with a
+    # calibrated bundle (a line PC's [edge] install, without scipy) does not.
+    from scipy import stats
+
+    return float(stats.beta.ppf(q, a, b))
 
 
 def clopper_pearson(events: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -13,8 +19,8 @@ def clopper_pearson(events: int, trials: int, confidence: float = 0.95) -> tuple
     if trials == 0:
         return 0.0, 1.0
     tail = (1.0 - confidence) / 2.0
-    low = 0.0 if events == 0 else float(stats.beta.ppf(tail, events, trials - events + 1))
-    high = 1.0 if events == trials else float(stats.beta.ppf(1 - tail, events + 1, trials - events))
+    low = 0.0 if events == 0 else _beta_ppf(tail, events, trials - events + 1)
+    high = 1.0 if events == trials else _beta_ppf(1 - tail, events + 1, trials - events)
     return low, high
 
 
@@ -24,4 +30,4 @@ def upper_bound(events: int, trials: int, confidence: float = 0.95) -> float:
         return 1.0
     if events == trials:
         return 1.0
-    return float(stats.beta.ppf(confidence, events + 1, trials - events))
+    return _beta_ppf(confidence, events + 1, trials - events)

@@ -5,9 +5,15 @@ returns ``self``; learned state lives in attributes ending in ``_``. ``calibrate
 decision threshold on labelled validation images; ``predict`` gives scores, anomaly maps and
 (once calibrated) verdicts.
 
-Subclasses implement three hooks on backbone feature maps: ``_fit_begin``/``_fit_batch``/
-``_fit_end`` to learn, and ``_score_batch`` to score. Everything else (image loading, batching,
-threads, progress, calibration, maps) is here, once.
+A model splits in two at its features (:mod:`anomaly.runtime`). ``_embed`` (PyTorch) turns the
+backbone's feature maps into the model's named features; it is part of the feature graph that
+fitting runs, torch scoring runs, and ``anomaly export`` traces. Everything after it works on
+numpy arrays, the same code whatever runtime computed them: ``_fit_begin``/``_fit_batch``/
+``_fit_end`` to learn and ``_score_features`` to score. Image loading, batching, threads,
+progress, calibration and maps are here, once.
+
+Fitting needs PyTorch; scoring a bundle whose graph was exported (ONNX Runtime, OpenVINO) does
+not import it: torch and the backbone code are imported inside the methods that need them.
 
 A fitted model goes to disk and back through its own methods: ``state_tensors`` and
 ``write_extra_files`` give what a bundle stores, ``bundle_metadata`` the model's part of its
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,12 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
-import torch
-from torch import nn
 
-from anomaly.components.backbones import FeatureExtractor, create_feature_extractor
-from anomaly.components.features import extract
-from anomaly.components.groups import GroupScales, descriptors
+from anomaly.components.groups import GroupScales
 from anomaly.components.maps import anomaly_map
 from anomaly.components.threads import limited_threads
 from anomaly.decision import calibration as calibration_module
@@ -41,7 +44,11 @@ from anomaly.io.batches import batches
 from anomaly.io.images import load_image
 
 if TYPE_CHECKING:
+    import torch
+
+    from anomaly.components.backbones import FeatureExtractor
     from anomaly.data.dataset import Sample
+    from anomaly.runtime import FeatureRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +128,10 @@ class AnomalyModel:
     #: classifier's probability 0.5); ``None`` for anomaly scores, which have none.
     native_threshold: ClassVar[float | None] = None
     default_layers: ClassVar[tuple[int, ...]] = (2, 3)
+    #: True for models that score through a feature graph and numpy code (:mod:`anomaly.runtime`),
+    #: which ``anomaly export`` can put in ONNX Runtime or OpenVINO; False for a model that
+    #: scores its own way (the supervised baseline's Grad-CAM needs gradients).
+    has_feature_graph: ClassVar[bool] = True
     #: Defect types the fitted model tells apart (see :attr:`Prediction.defect_types`); only a
     #: model that learns from typed defect labels names any.
     defect_types_: tuple[str, ...] = ()
@@ -188,24 +199,27 @@ class AnomalyModel:
         if not images:
             raise DataError("fit needs at least one good image; got none")
         self._check_params()
+        torch = _import_torch("fit")  # before limited_threads, which then limits its pool too
         with limited_threads(self.num_threads):
             torch.manual_seed(self.seed)
             started = time.perf_counter()
             self.extractor_ = self._make_extractor()
+            self.runtime_ = self._torch_runtime()
             self._fit_begin()
             self.group_scales_ = None
             self._train_descriptors: list[np.ndarray] = []
             for batch in self._batches(images, desc=f"{self.model_name}: features"):
-                feature_maps = extract(self.extractor_, batch, self.image_size)
-                self._fit_batch(feature_maps)
+                features = self.runtime_(batch)
+                self._fit_batch(features)
                 if self.group_by is not None:  # kept for fit_samples' group classifier
-                    self._train_descriptors.append(descriptors(feature_maps))
+                    self._train_descriptors.append(_descriptors(features))
             self._fit_end()
             if self.group_by is None:
                 del self._train_descriptors
         self.n_train_images_ = len(images)
         self.fit_seconds_ = time.perf_counter() - started
         self.backbone_sha256_ = self.extractor_.weights_sha256()
+        self.weights_source_ = self.extractor_.weights_source
         self.calibration_ = None
         logger.info(
             "%s fitted on %d images in %.1f s", self.model_name, len(images), self.fit_seconds_
@@ -244,9 +258,9 @@ class AnomalyModel:
         self.group_scales_ = None  # raw scores for the statistics
         scores, features = [], []
         for batch in self._batches([s.path for s in val_good], desc="groups: validation"):
-            batch_scores, _, feature_maps = self._score_pass(batch)
+            batch_scores, _, batch_features = self._score_pass(batch)
             scores.append(batch_scores)
-            features.append(descriptors(feature_maps))
+            features.append(_descriptors(batch_features))
         self._set_group_scales(
             good,
             np.concatenate(scores) if scores else np.empty(0),
@@ -407,24 +421,27 @@ class AnomalyModel:
 
     def _score_pass(
         self, images: Sequence[np.ndarray]
-    ) -> tuple[np.ndarray, list[np.ndarray], list[torch.Tensor]]:
-        """Scores, maps at each image's size, and the backbone features they came from (a
-        model that reads more from the same pass, such as defect types, uses the latter)."""
+    ) -> tuple[np.ndarray, list[np.ndarray], dict[str, np.ndarray]]:
+        """Scores, maps at each image's size, and the features they came from (a model that
+        reads more from the same pass, such as defect types, uses the latter).
+
+        The one scoring pathway: the runtime (PyTorch, ONNX Runtime or OpenVINO) computes the
+        features; everything from there on is this numpy code, whichever runtime it was."""
         self.check_is_fitted()
         if not images:
-            return np.empty(0), [], []
+            return np.empty(0), [], {}
         with limited_threads(self.num_threads):
-            feature_maps = extract(self.extractor_, images, self.image_size)
-            scores, patch_grids = self._score_batch(feature_maps)
+            features = self.runtime_(images)
+            scores, patch_grids = self._score_features(features)
         if self.group_scales_ is not None:
-            features = descriptors(feature_maps)
-            scores = self.group_scales_.apply(scores, features)
-            patch_grids = self.group_scales_.apply(np.asarray(patch_grids), features)
+            descriptors = _descriptors(features)
+            scores = self.group_scales_.apply(scores, descriptors)
+            patch_grids = self.group_scales_.apply(np.asarray(patch_grids), descriptors)
         maps = [
             anomaly_map(grid, self.image_size, image.shape[:2], self.blur_sigma)
             for grid, image in zip(patch_grids, images, strict=True)
         ]
-        return scores, maps, feature_maps
+        return scores, maps, features
 
     def _prediction(
         self,
@@ -452,19 +469,26 @@ class AnomalyModel:
         return sum(int(np.asarray(v).nbytes) for v in self.bundle_tensors().values())
 
     def external_weights_bytes(self) -> int:
-        """Bytes of frozen weights the model loads from elsewhere (not stored in its bundle)."""
-        tensors = [*self.extractor_.parameters(), *self.extractor_.buffers()]
+        """Bytes of frozen weights the model loads from elsewhere (not stored in its bundle);
+        0 for an exported model, whose graph file in the bundle holds its weights."""
+        extractor = getattr(self, "extractor_", None)
+        if extractor is None:
+            return 0
+        tensors = [*extractor.parameters(), *extractor.buffers()]
         return int(sum(t.numel() * t.element_size() for t in tensors))
 
     def initialisation(self) -> str:
         """Where the model's network weights come from, in words."""
-        source = getattr(self.extractor_, "weights_source", "")
+        source = getattr(self, "weights_source_", "")
         if source == "random":
             text = "random weights"
         elif source.startswith(("package:", "timm:")):
             text = f"ImageNet ({source})"
         else:
             text = source
+        runtime = self.runtime_.describe() if hasattr(self, "runtime_") else {"engine": "torch"}
+        if runtime["engine"] != "torch":
+            text += f", exported to {runtime['engine']} at {runtime['precision']}"
         return f"{self.backbone}, frozen, {text}"
 
     def describe(self) -> dict[str, Any]:
@@ -514,9 +538,10 @@ class AnomalyModel:
             "params": self.get_params(),
             "backbone": {
                 "name": self.backbone,
-                "weights_source": self.extractor_.weights_source,
+                "weights_source": self.weights_source_,
                 "weights_sha256": self.backbone_sha256_,
             },
+            "runtime": self.runtime_.describe() if self.has_feature_graph else {"engine": "torch"},
             "training": {
                 "n_images": self.n_train_images_,
                 "fit_seconds": round(self.fit_seconds_, 3),
@@ -551,14 +576,26 @@ class AnomalyModel:
         model.group_scales_ = GroupScales.from_tensors(tensors, bundle_dir)
         if (model.group_scales_ is None) != (model.group_by is None):
             raise BundleError(f"{bundle_dir}: group_by={model.group_by!r} but group scales differ")
-        model.extractor_ = model._restore_extractor(tensors, bundle_dir)
+        runtime = metadata.get("runtime") or {"engine": "torch"}
         expected_weights = metadata["backbone"]["weights_sha256"]
-        if model.extractor_.weights_sha256() != expected_weights:
-            raise BundleError(
-                f"{bundle_dir}: backbone {model.backbone} weights differ from those the model was "
-                "fitted with; scores would not be comparable"
-            )
+        if runtime.get("engine") == "torch":
+            _import_torch("score a bundle that was not exported")
+            model.extractor_ = model._restore_extractor(tensors, bundle_dir)
+            if model.extractor_.weights_sha256() != expected_weights:
+                raise BundleError(
+                    f"{bundle_dir}: backbone {model.backbone} weights differ from those the "
+                    "model was fitted with; scores would not be comparable"
+                )
+            if model.has_feature_graph:
+                model.runtime_ = model._torch_runtime()
+        else:
+            # The exported graph carries the weights it was checked with; its checksum in the
+            # bundle is what keeps them the fitted ones.
+            from anomaly.runtime.engines import load_runtime
+
+            model.runtime_ = load_runtime(bundle_dir, runtime, model.image_size, model.num_threads)
         model.backbone_sha256_ = expected_weights
+        model.weights_source_ = metadata["backbone"].get("weights_source", "")
         model._check_loaded_state(bundle_dir)
         model.n_train_images_ = metadata["training"]["n_images"]
         model.fit_seconds_ = metadata["training"]["fit_seconds"]
@@ -571,7 +608,7 @@ class AnomalyModel:
 
     def check_is_fitted(self) -> None:
         """Raise :class:`NotFittedError` unless the model was fitted or loaded from a bundle."""
-        if not hasattr(self, "extractor_"):
+        if not hasattr(self, "extractor_") and not hasattr(self, "runtime_"):
             raise NotFittedError(
                 f"{type(self).__name__} is not fitted: call fit(good_images) or load a bundle"
             )
@@ -598,14 +635,30 @@ class AnomalyModel:
         """Prepare to learn; ``extractor_`` is built already."""
         raise NotImplementedError
 
-    def _fit_batch(self, feature_maps: list[torch.Tensor]) -> None:
+    def _fit_batch(self, features: dict[str, np.ndarray]) -> None:
+        """Learn from one batch of the model's features (:meth:`embed`'s outputs)."""
         raise NotImplementedError
 
     def _fit_end(self) -> None:
         raise NotImplementedError
 
-    def _score_batch(self, feature_maps: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        """Image scores ``(B,)`` and patch-score grids ``(B, h, w)`` from backbone features."""
+    def _embed(self, feature_maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model's named features from the backbone's maps (PyTorch, part of the graph)."""
+        raise NotImplementedError
+
+    def embed(self, feature_maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every output of the model's feature graph: :meth:`_embed`'s features and, when the
+        model is fitted with groups, each image's descriptor (each stage's mean over space)."""
+        outputs = self._embed(feature_maps)
+        if self.group_by is not None:
+            import torch
+
+            outputs["descriptors"] = torch.cat([m.mean(dim=(2, 3)) for m in feature_maps], dim=1)
+        return outputs
+
+    def _score_features(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Image scores ``(B,)`` and patch-score grids ``(B, h, w)`` from the model's
+        features (numpy: the same code whatever runtime computed them)."""
         raise NotImplementedError
 
     def state_tensors(self) -> dict[str, np.ndarray]:
@@ -626,7 +679,9 @@ class AnomalyModel:
         """Raise :class:`BundleError` when the learned state cannot score with this network
         (checked once at load, so a faulty bundle never reaches a part). Default: nothing."""
 
-    def _restore_extractor(self, tensors: dict[str, np.ndarray], bundle_dir: Path) -> nn.Module:
+    def _restore_extractor(
+        self, tensors: dict[str, np.ndarray], bundle_dir: Path
+    ) -> FeatureExtractor:
         """The network of a model being loaded (:meth:`from_bundle` checks its weights).
 
         Default: the frozen backbone, rebuilt from the parameters as ``fit`` built it. A model
@@ -638,7 +693,35 @@ class AnomalyModel:
     extra_files: ClassVar[tuple[str, ...]] = ()
 
     def write_extra_files(self, bundle_dir: Path) -> None:
-        """Write ``extra_files`` into ``bundle_dir``."""
+        """Write ``extra_files`` into ``bundle_dir``, and an exported runtime's graph files
+        (a subclass that writes its own calls this too)."""
+        runtime = getattr(self, "runtime_", None)
+        for source in runtime.files() if hasattr(runtime, "files") else []:
+            shutil.copyfile(source, bundle_dir / source.name)
+
+    def check_exportable(self) -> None:
+        """Raise :class:`UnsupportedError` unless this fitted model can be exported (its
+        scoring is a feature graph followed by numpy code). The default models can."""
+        self.check_is_fitted()
+        if not self.has_feature_graph:
+            raise UnsupportedError(
+                f"{self.model_name}: only models that score through a feature graph "
+                "(patchcore, padim, hybrid) can be exported"
+            )
+        if getattr(self, "extractor_", None) is None:
+            raise UnsupportedError(
+                f"{self.model_name}: this model was already exported; export its torch bundle"
+            )
+
+    def require_torch_runtime(self, action: str) -> None:
+        """Raise :class:`UnsupportedError` when the model scores through an exported graph:
+        ``action`` (adding images, refitting) needs the PyTorch backbone."""
+        engine = self.runtime_.engine if hasattr(self, "runtime_") else "torch"
+        if engine != "torch":
+            raise UnsupportedError(
+                f"{action} needs the PyTorch model: this bundle scores with an exported {engine} "
+                "graph; do it on the bundle it was exported from and export again"
+            )
 
     # ------------------------------------------------------------------ helpers
     def _extractor_layers(self) -> Sequence[int]:
@@ -646,15 +729,42 @@ class AnomalyModel:
         return self.layers or self.default_layers
 
     def _make_extractor(self) -> FeatureExtractor:
+        import torch
+
+        from anomaly.components.backbones import create_feature_extractor
+
         if self.weights == "none":
             # Random weights must be the same at fit and at load, or the bundle's weight check
             # (rightly) refuses the model.
             torch.manual_seed(self.seed)
         return create_feature_extractor(self.backbone, self._extractor_layers(), self.weights)
 
+    def _torch_runtime(self) -> FeatureRuntime:
+        """The feature graph of ``extractor_`` and :meth:`embed`, run in PyTorch."""
+        from anomaly.runtime.torch_graph import TorchRuntime
+
+        return TorchRuntime(self.extractor_, self.embed, self.image_size)
+
     def _batches(self, images: list[ImageInput], desc: str) -> Iterator[list[np.ndarray]]:
         for chunk in batches(images, self.batch_size, desc, self.progress):
             yield [_as_array(image) for image in chunk]
+
+
+def _descriptors(features: dict[str, np.ndarray]) -> np.ndarray:
+    """The group descriptors of a batch's features, as float64 ``(B, C)``."""
+    return np.asarray(features["descriptors"], dtype=np.float64)
+
+
+def _import_torch(action: str) -> Any:
+    """``torch``, or a clear error saying which install brings it."""
+    try:
+        import torch
+    except ImportError as error:
+        raise UnsupportedError(
+            f"to {action} PyTorch is needed: pip install 'anomaly[fit]' (a line PC with only "
+            "the [edge] install scores bundles made by `anomaly export`)"
+        ) from error
+    return torch
 
 
 def good_subset(

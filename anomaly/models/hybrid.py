@@ -34,27 +34,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from joblib import Parallel, delayed
-from scipy.special import softmax
-from sklearn.base import clone
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
-from sklearn.model_selection import StratifiedKFold
 
-from anomaly.components.features import extract
-from anomaly.components.groups import descriptors
-from anomaly.components.linear import class_rows
 from anomaly.components.threads import limited_threads
-from anomaly.data.dataset import Sample
 from anomaly.errors import BundleError, DataError
-from anomaly.evaluation import metrics
 from anomaly.io.tensors import tensor_text, text_tensor
-from anomaly.models.base import Prediction, good_subset
+from anomaly.models.base import Prediction, _descriptors, good_subset
 from anomaly.models.patchcore import PatchCore
+
+# Fitting the heads needs scikit-learn, joblib and torch; scoring (a line PC's [edge] install)
+# needs numpy only: those are imported where the fit uses them.
+if TYPE_CHECKING:
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from anomaly.data.dataset import Sample
 
 logger = logging.getLogger(__name__)
 
@@ -129,17 +125,17 @@ class Hybrid(PatchCore):
         # One backbone pass serves both parts: the bank's stages and the head's.
         return self._stages()
 
-    def _split_maps(
-        self, feature_maps: list[torch.Tensor]
-    ) -> tuple[list[torch.Tensor], np.ndarray]:
-        """The bank's feature maps, and the head's pooled features ``(B, F)``."""
+    def _embed(self, feature_maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """PatchCore's patch features, and the head's pooled features ``(B, F)``: the mean and
+        the max over space of each head stage."""
+        import torch
+
         stages = self._stages()
-        bank = [feature_maps[stages.index(layer)] for layer in self._bank_layers()]
         pooled = []
         for layer in self.head_layers:
             maps = feature_maps[stages.index(int(layer))]
             pooled += [maps.mean(dim=(2, 3)), maps.amax(dim=(2, 3))]
-        return bank, torch.cat(pooled, dim=1).double().numpy()
+        return {**super()._embed(feature_maps), "pooled": torch.cat(pooled, dim=1)}
 
     # ------------------------------------------------------------------ fit
     def fit_samples(
@@ -217,20 +213,23 @@ class Hybrid(PatchCore):
         self._no_head(self._good_pooled.shape[1])
         return self
 
-    def _fit_batch(self, feature_maps: list[torch.Tensor]) -> None:
-        bank, pooled = self._split_maps(feature_maps)
-        super()._fit_batch(bank)
-        self._good_features.append(pooled)
+    def _fit_batch(self, features: dict[str, np.ndarray]) -> None:
+        super()._fit_batch(features)
+        self._good_features.append(_pooled(features))
 
     def _head_features(self, images: Sequence[Any]) -> np.ndarray:
         parts = [
-            self._split_maps(extract(self.extractor_, batch, self.image_size))[1]
+            _pooled(self.runtime_(batch))
             for batch in self._batches(list(images), desc="hybrid: defect features")
         ]
         return np.concatenate(parts)
 
     def _fit_head(self, features: np.ndarray, labels: np.ndarray) -> None:
         """Standardise, choose C by stratified cross-validation inside train, refit on all."""
+        from sklearn.model_selection import StratifiedKFold
+
+        from anomaly.evaluation import metrics
+
         self.head_mean_ = features.mean(axis=0)
         self.head_scale_ = features.std(axis=0) + 1e-6
         x = (features - self.head_mean_) / self.head_scale_
@@ -248,12 +247,19 @@ class Hybrid(PatchCore):
         self.head_intercept_ = float(head.intercept_[0])
 
     def _head(self, c: float) -> LogisticRegression:
+        from sklearn.linear_model import LogisticRegression
+
         return LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
 
     def _fit_type_head(self, features: np.ndarray, types: Sequence[str]) -> None:
         """A multinomial head naming the defect type, when the train defects have two or more
         types; C by cross-validated balanced accuracy (when every type has two images or more).
         """
+        from sklearn.metrics import balanced_accuracy_score
+        from sklearn.model_selection import StratifiedKFold
+
+        from anomaly.components.linear import class_rows
+
         names = sorted({str(t) for t in types if t})
         self._no_type_head(features.shape[1])
         if len(names) < 2:
@@ -283,28 +289,33 @@ class Hybrid(PatchCore):
         self.type_intercept_ = np.zeros(0)
         self.type_c_, self.type_cv_accuracy_ = 0.0, float("nan")
 
-    def _type_probabilities(self, feature_maps: list[torch.Tensor]) -> np.ndarray | None:
+    def _type_probabilities(self, features: dict[str, np.ndarray]) -> np.ndarray | None:
         if not self.defect_types_:
             return None
-        _, pooled = self._split_maps(feature_maps)
-        logits = ((pooled - self.head_mean_) / self.head_scale_) @ self.type_coef_.T
-        return softmax(logits + self.type_intercept_, axis=1)
+        logits = ((_pooled(features) - self.head_mean_) / self.head_scale_) @ self.type_coef_.T
+        logits += self.type_intercept_
+        logits -= logits.max(axis=1, keepdims=True)  # softmax, stable
+        weights = np.exp(logits)
+        return weights / weights.sum(axis=1, keepdims=True)
 
     def _fit_fusion(self, validation: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
         """Standardise both scores on the validation good images; choose the weight there.
 
         Returns the fused validation scores and the images' group descriptors, so that group
         scales (``group_by``) need no second pass."""
+        from anomaly.evaluation import metrics
+
         labels = np.array([sample.label for sample in validation], dtype=int)
         bank_scores, head_scores, features = [], [], []
         for batch in self._batches([s.path for s in validation], desc="hybrid: fusion"):
-            feature_maps = extract(self.extractor_, batch, self.image_size)
-            bank, head, _ = self._components(feature_maps)
+            batch_features = self.runtime_(batch)
+            bank, head, _ = self._components(batch_features)
             bank_scores.append(bank)
             head_scores.append(head)
-            features.append(descriptors(feature_maps))
+            if self.group_by is not None:
+                features.append(_descriptors(batch_features))
         bank_all, head_all = np.concatenate(bank_scores), np.concatenate(head_scores)
-        features_all = np.concatenate(features)
+        features_all = np.concatenate(features) if features else np.empty((len(labels), 0))
         good = labels == 0
         if good.sum() < 2:
             raise DataError("hybrid: the validation split needs at least 2 good images")
@@ -334,7 +345,7 @@ class Hybrid(PatchCore):
             logger.warning("hybrid: %s", self.head_note_)
             self.fusion_weight_ = 0.0
         if self.fusion_weight_ == 0.0:
-            return bank_all, features_all  # what _score_batch gives: PatchCore's scores
+            return bank_all, features_all  # what _score_features gives: PatchCore's scores
         return self._fuse(bank_all, head_all, self.fusion_weight_), features_all
 
     def _fusion_support(self, labels: np.ndarray, bank: np.ndarray, head: np.ndarray) -> float:
@@ -342,6 +353,8 @@ class Hybrid(PatchCore):
         fused AUROC beats PatchCore's: a few validation defects can make a head look useful by
         chance (sealant's 24 pick a weight of 0.65 that gains 0.026 AUROC on validation and
         loses 0.009 on test), so the head is used only when its gain is this stable."""
+        from anomaly.evaluation import metrics
+
         if self.fusion_weight_ == 0.0:
             return 1.0
         rng = np.random.default_rng(self.seed)
@@ -370,12 +383,11 @@ class Hybrid(PatchCore):
 
     # ------------------------------------------------------------------ score
     def _components(
-        self, feature_maps: list[torch.Tensor]
+        self, features: dict[str, np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """PatchCore's image scores, the head's log-odds, and PatchCore's patch-score grids."""
-        bank, pooled = self._split_maps(feature_maps)
-        bank_scores, grids = super()._score_batch(bank)
-        head = ((pooled - self.head_mean_) / self.head_scale_) @ self.head_coef_
+        bank_scores, grids = super()._score_features(features)
+        head = ((_pooled(features) - self.head_mean_) / self.head_scale_) @ self.head_coef_
         return bank_scores, head + self.head_intercept_, grids
 
     def _fuse(self, bank: np.ndarray, head: np.ndarray, weight: float) -> np.ndarray:
@@ -384,16 +396,16 @@ class Hybrid(PatchCore):
         z = (1.0 - weight) * (bank - bank_mean) / bank_std + weight * (head - head_mean) / head_std
         return bank_mean + bank_std * z
 
-    def _score_batch(self, feature_maps: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        bank_scores, head, grids = self._components(feature_maps)
+    def _score_features(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        bank_scores, head, grids = self._components(features)
         if self.fusion_weight_ == 0.0:
             return bank_scores, grids  # exactly PatchCore's scores, not a rescaled copy
         return self._fuse(bank_scores, head, self.fusion_weight_), grids
 
     def score_batch(self, images: Sequence[np.ndarray]) -> Prediction:
         # The type head reads the very backbone pass the scores came from.
-        scores, maps, feature_maps = self._score_pass(images)
-        types = self._type_probabilities(feature_maps) if feature_maps else None
+        scores, maps, features = self._score_pass(images)
+        types = self._type_probabilities(features) if features else None
         return self._prediction(scores, maps, types)
 
     # ------------------------------------------------------------------ description
@@ -497,13 +509,16 @@ def _out_of_fold(
     estimators: Sequence[LogisticRegression],
     x: np.ndarray,
     y: np.ndarray,
-    folds: StratifiedKFold,
+    folds: Any,
     num_threads: int,
 ) -> list[np.ndarray]:
     """Each estimator's out-of-fold decision function on ``x`` (as ``cross_val_predict``), with
     every (estimator, fold) fit a task spread over ``num_threads`` processes (0: all cores):
     the head's model selection is most of the hybrid's fitting time beyond PatchCore's.
     """
+    from joblib import Parallel, delayed
+    from sklearn.base import clone
+
     splits = list(folds.split(x, y))
     fits = Parallel(n_jobs=num_threads or -1)(
         delayed(_fit_decision)(clone(estimator), x, y, train, test)
@@ -524,3 +539,8 @@ def _fit_decision(
     estimator: LogisticRegression, x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
 ) -> np.ndarray:
     return estimator.fit(x[train], y[train]).decision_function(x[test])
+
+
+def _pooled(features: dict[str, np.ndarray]) -> np.ndarray:
+    """The head's pooled features of a batch, as float64 ``(B, F)``."""
+    return np.asarray(features["pooled"], dtype=np.float64)

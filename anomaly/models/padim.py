@@ -20,14 +20,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 
-from anomaly.components.features import preprocess, stack_features
 from anomaly.errors import BundleError, DataError
 from anomaly.models.base import AnomalyModel
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class PaDiM(AnomalyModel):
 
     # ------------------------------------------------------------------ fit
     def _fit_begin(self) -> None:
+        import torch
+
         channels, height, width = self._probe_grid()
         dims = self.n_features
         if dims > channels:
@@ -166,23 +169,38 @@ class PaDiM(AnomalyModel):
 
         Known before the first batch so that the memory check runs before anything is allocated.
         """
+        import torch
+
+        from anomaly.components.features import preprocess
+
         blank = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
         batch = preprocess([blank], self.image_size, self.extractor_.mean, self.extractor_.std)
         with torch.inference_mode():
             maps = self.extractor_(batch)
         return sum(m.shape[1] for m in maps), *maps[0].shape[-2:]
 
-    def _embed(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
-        """Stacked, channel-subset features as contiguous ``(P, d, B)`` float32, positions
-        row-major (contiguous so that the batched products below run on the fast BLAS path)."""
-        features = stack_features(feature_maps)  # (B, C, h, w)
-        features = features.index_select(1, torch.from_numpy(self.channels_))
-        batch, dims = features.shape[:2]
-        return features.reshape(batch, dims, -1).permute(2, 1, 0).float().contiguous()
+    def _embed(self, feature_maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The stages stacked on the finest grid, the chosen channels: ``(B, d, h, w)``."""
+        import torch
 
-    @torch.inference_mode()
-    def _fit_batch(self, feature_maps: list[torch.Tensor]) -> None:
-        embedded = self._embed(feature_maps)  # (P, d, B)
+        from anomaly.components.features import stack_features
+
+        features = stack_features(feature_maps)  # (B, C, h, w)
+        return {"patches": features.index_select(1, torch.from_numpy(self.channels_))}
+
+    @staticmethod
+    def _by_position(features: dict[str, np.ndarray]) -> np.ndarray:
+        """The features as contiguous ``(P, d, B)`` float32, positions row-major (contiguous so
+        that the batched products run on the fast BLAS path)."""
+        patches = features["patches"]
+        batch, dims = patches.shape[:2]
+        flat = patches.reshape(batch, dims, -1).transpose(2, 1, 0)
+        return np.ascontiguousarray(flat, dtype=np.float32)
+
+    def _fit_batch(self, features: dict[str, np.ndarray]) -> None:
+        import torch
+
+        embedded = torch.from_numpy(self._by_position(features))  # (P, d, B)
         if self._shift is None:
             self._shift = embedded.double().mean(dim=2)  # (P, d)
         # Chunk by chunk, so the float64 temporaries stay at chunk size.
@@ -194,8 +212,9 @@ class PaDiM(AnomalyModel):
             self._sum_outer[index].baddbmm_(part, part.transpose(1, 2))
         self._n += embedded.shape[2]
 
-    @torch.inference_mode()
     def _fit_end(self) -> None:
+        import torch
+
         n = self._n
         positions, dims = self._sum.shape
         mean_shifted = self._sum / n  # (P, d)
@@ -244,9 +263,8 @@ class PaDiM(AnomalyModel):
         return int(self.mean_.nbytes + self.inv_cholesky_.nbytes + self.channels_.nbytes)
 
     # ------------------------------------------------------------------ score
-    @torch.inference_mode()
-    def _score_batch(self, feature_maps: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        embedded = self._embed(feature_maps)  # (P, d, B)
+    def _score_features(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        embedded = self._by_position(features)  # (P, d, B)
         positions, _, batch = embedded.shape
         if positions != self.mean_.shape[0]:
             raise DataError(
@@ -254,16 +272,15 @@ class PaDiM(AnomalyModel):
                 f"{self.mean_.shape[0]} ({self.patch_grid_[0]}x{self.patch_grid_[1]}); "
                 f"image_size must stay {self.image_size}"
             )
-        centred = embedded - torch.from_numpy(self.mean_)[:, :, None]
-        factors = torch.from_numpy(self.inv_cholesky_)
-        distances = torch.empty(positions, batch, dtype=torch.float32)
+        centred = embedded - self.mean_[:, :, None]
+        distances = np.empty((positions, batch), dtype=np.float32)
         for start in range(0, positions, POSITION_CHUNK):
             stop = min(start + POSITION_CHUNK, positions)
             # |L^-1 (x - mu)|: the Mahalanobis distance, for all positions of the chunk at once.
-            whitened = torch.bmm(factors[start:stop], centred[start:stop])  # (chunk, d, B)
-            distances[start:stop] = whitened.square().sum(dim=1).sqrt()
+            whitened = np.matmul(self.inv_cholesky_[start:stop], centred[start:stop])
+            distances[start:stop] = np.sqrt(np.square(whitened).sum(axis=1))
         height, width = self.patch_grid_
-        grids = distances.T.reshape(batch, height, width).numpy()
+        grids = np.ascontiguousarray(distances.T).reshape(batch, height, width)
         scores = grids.reshape(batch, -1).max(axis=1).astype(np.float64)
         return scores, grids
 

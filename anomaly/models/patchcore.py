@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
-from anomaly.components.coreset import StreamingCoreset
-from anomaly.components.features import extract, patch_features
 from anomaly.components.memory_bank import INDEX_TYPES, MemoryBank
 from anomaly.components.threads import limited_threads
 from anomaly.errors import BundleError, DataError
 from anomaly.models.base import AnomalyModel, ImageInput
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -82,23 +82,38 @@ class PatchCore(AnomalyModel):
         if self.num_neighbors < 1:
             raise DataError(f"num_neighbors={self.num_neighbors}: must be at least 1")
 
+    # ------------------------------------------------------------------ features
+    def _embed(self, feature_maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        from anomaly.components.features import patch_features
+
+        return {"patches": patch_features(self._bank_maps(feature_maps), self.feature_dim)}
+
+    def _bank_maps(self, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The maps of the bank's stages among those the extractor returns."""
+        stages = list(self._extractor_layers())
+        return [feature_maps[stages.index(layer)] for layer in self._bank_layers()]
+
     # ------------------------------------------------------------------ fit
     def _fit_begin(self) -> None:
+        from anomaly.components.coreset import StreamingCoreset
+
         self._coreset = StreamingCoreset(self.coreset_ratio, self.projection_dim, self.seed)
-        self._pending: list[torch.Tensor] = []
+        self._pending: list[np.ndarray] = []
         self._pending_images = 0
 
-    def _fit_batch(self, feature_maps: list[torch.Tensor]) -> None:
-        features = patch_features(feature_maps, self.feature_dim)
-        self.patch_grid_ = tuple(features.shape[-2:])
-        self._pending.append(_flatten(features))
-        self._pending_images += features.shape[0]
+    def _fit_batch(self, features: dict[str, np.ndarray]) -> None:
+        patches = features["patches"]
+        self.patch_grid_ = tuple(int(v) for v in patches.shape[-2:])
+        self._pending.append(_flatten(patches))
+        self._pending_images += patches.shape[0]
         if self._pending_images >= max(1, self.chunk_images):
             self._flush()
 
     def _flush(self) -> None:
+        import torch
+
         if self._pending:
-            self._coreset.add(torch.cat(self._pending))
+            self._coreset.add(torch.from_numpy(np.concatenate(self._pending)))
             self._pending, self._pending_images = [], 0
 
     def _fit_end(self) -> None:
@@ -140,16 +155,19 @@ class PatchCore(AnomalyModel):
         calibrated again on validation images (never on the images added here).
         """
         self.check_is_fitted()
+        self.require_torch_runtime("adding images")
         self.check_can_add_images()  # a subclass whose scores depend on this bank may refuse
         images = list(images)
         if not images:
             raise DataError("partial_fit needs at least one good image; got none")
         size_before = self.memory_bank_.size
+        import torch
+
         with limited_threads(self.num_threads):
             self._fit_begin()
             self._coreset.prime(torch.from_numpy(self.memory_bank_.all_vectors()))
             for batch in self._batches(images, desc=f"{self.model_name}: adding"):
-                self._fit_batch(extract(self.extractor_, batch, self.image_size))
+                self._fit_batch(self.runtime_(batch))
             self._flush()
             self.memory_bank_.add(self._coreset.bank().numpy())
         self.n_train_patches_ = getattr(self, "n_train_patches_", 0) + self._coreset.n_seen
@@ -165,10 +183,10 @@ class PatchCore(AnomalyModel):
         return self
 
     # ------------------------------------------------------------------ score
-    def _score_batch(self, feature_maps: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        features = patch_features(feature_maps, self.feature_dim)
-        batch, _, height, width = features.shape
-        queries = _flatten(features).numpy()
+    def _score_features(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        patches = features["patches"]
+        batch, _, height, width = patches.shape
+        queries = _flatten(patches)
         # One search for every patch of the batch: faiss's exact search multiplies matrices
         # (BLAS) only from 20 queries on and loops query by query below that.
         distances, nearest = self.memory_bank_.search(queries, k=1)
@@ -205,6 +223,7 @@ class PatchCore(AnomalyModel):
         return {"patch_grid": np.asarray(self.patch_grid_, dtype=np.int64)}
 
     def write_extra_files(self, bundle_dir: Path) -> None:
+        super().write_extra_files(bundle_dir)
         self.memory_bank_.save(bundle_dir / BANK_FILE)
 
     def load_state(self, tensors: dict[str, np.ndarray], bundle_dir: Path) -> None:
@@ -229,11 +248,7 @@ class PatchCore(AnomalyModel):
                 f"{path}: a {bank.index_type!r} index, but the bundle's parameters say "
                 f"{self.index!r}"
             )
-        stages = list(self._extractor_layers())
-        channels = sum(
-            self.extractor_.channels[stages.index(layer)] for layer in self._bank_layers()
-        )
-        expected = min(channels, self.feature_dim)
+        expected = self.runtime_.channels("patches")
         if bank.dim != expected:
             raise BundleError(
                 f"{path}: bank vectors have {bank.dim} dims, but {self.backbone} stages "
@@ -251,6 +266,7 @@ class PatchCore(AnomalyModel):
         return tuple(int(layer) for layer in (self.layers or self.default_layers))
 
 
-def _flatten(features: torch.Tensor) -> torch.Tensor:
+def _flatten(features: np.ndarray) -> np.ndarray:
     """``(B, D, h, w)`` -> ``(B * h * w, D)`` contiguous float32."""
-    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).contiguous().float()
+    flat = np.asarray(features).transpose(0, 2, 3, 1).reshape(-1, features.shape[1])
+    return np.ascontiguousarray(flat, dtype=np.float32)

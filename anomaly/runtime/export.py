@@ -1,0 +1,98 @@
+"""Export a model's feature graph (:class:`~anomaly.runtime.torch_graph.FeatureGraph`) to ONNX
+and, for OpenVINO, on to its IR.
+
+The graph traced is the very module fitting and torch scoring run, so the exported features are
+those of the fitted model; the export command then checks them against PyTorch's on the
+validation split before it saves anything (:mod:`anomaly.commands.export`).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from anomaly.errors import UnsupportedError
+from anomaly.models.base import AnomalyModel
+from anomaly.runtime.engines import (
+    INPUT_NAME,
+    ONNX_FILE,
+    OPENVINO_FILES,
+    OnnxRuntime,
+    OpenVinoRuntime,
+    check_precision,
+    load_runtime,
+)
+
+logger = logging.getLogger(__name__)
+
+#: ``anomaly export --format`` -> the engine that runs it.
+FORMATS = {"onnx": "onnxruntime", "openvino": "openvino"}
+#: ONNX opset of the exported graphs (ONNX Runtime 1.17+ and OpenVINO 2023+ read it).
+OPSET = 17
+
+
+class _OutputTuple(nn.Module):
+    """The graph with its named outputs as a tuple in a fixed order (what ONNX export takes)."""
+
+    def __init__(self, graph: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.graph, self.names = graph, names
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.graph(images)
+        return tuple(outputs[name].float() for name in self.names)
+
+
+def export_features(
+    model: AnomalyModel, fmt: str, precision: str, directory: Path
+) -> OnnxRuntime | OpenVinoRuntime:
+    """Write ``model``'s feature graph into ``directory`` as ``fmt`` and load it at
+    ``precision``; returns the loaded runtime (its files are in ``directory``)."""
+    model.check_exportable()
+    if fmt not in FORMATS:
+        raise UnsupportedError(f"format {fmt!r}: choose {' or '.join(FORMATS)}")
+    engine = FORMATS[fmt]
+    check_precision(engine, precision)
+    runtime = model.runtime_
+    names = runtime.output_names()
+    size = model.image_size
+    example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    onnx_path = directory / ONNX_FILE
+    batch_axis = {0: "batch"}
+    # The tracer warns about every shape test in the pooling code; the shapes are fixed by
+    # image_size, which the bundle fixes too, so the warnings say nothing here.
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            _OutputTuple(runtime.graph, names).eval(),
+            (example,),
+            str(onnx_path),
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_axes={INPUT_NAME: batch_axis, **{name: batch_axis for name in names}},
+            opset_version=OPSET,
+            dynamo=False,  # the TorchScript exporter takes timm's EfficientNet as it is
+        )
+    if engine == "openvino":
+        try:
+            import openvino as ov
+        except ImportError as error:
+            raise UnsupportedError(
+                "format openvino needs OpenVINO: pip install 'anomaly[openvino]'"
+            ) from error
+        # fp32 weights in the IR whatever the inference precision: the precision is the
+        # engine's setting, recorded in the bundle, not baked into the file.
+        ov.save_model(
+            ov.convert_model(str(onnx_path)),
+            str(directory / OPENVINO_FILES[0]),
+            compress_to_fp16=False,
+        )
+        onnx_path.unlink()
+    logger.info("exported %s's feature graph (%s) for %s", model.model_name, names, engine)
+    return load_runtime(
+        directory, {"engine": engine, "precision": precision}, size, model.num_threads
+    )
