@@ -26,6 +26,10 @@ logger = logging.getLogger("anomaly")
 #: Exit codes: done; nothing could be scored; bad config, data, model or bundle; I/O failure
 #: (read-only or full disk, missing permission), printed as one line with the path and reason.
 EXIT_OK, EXIT_NOTHING_SCORED, EXIT_ERROR, EXIT_IO = 0, 1, 2, 3
+#: Modules only the ``[fit]`` extra installs.
+FIT_MODULES = frozenset(
+    {"torch", "torchvision", "timm", "sklearn", "scipy", "joblib", "matplotlib", "onnx"}
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,6 +50,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except AnomalyError as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except ModuleNotFoundError as error:
+        # The [edge] install scores exported bundles; every other command needs [fit].
+        if (error.name or "").split(".")[0] not in FIT_MODULES:
+            raise
+        print(
+            f"error: {error.name} is not installed: `anomaly {args.command}` needs the fitting "
+            "install: pip install 'anomaly[fit]' (the [edge] install scores bundles made by "
+            "`anomaly export`)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     except OSError as error:  # the disk or the file system said no: not a traceback
         where = error.filename or "?"

@@ -67,6 +67,9 @@ def export_features(
     # image_size, which the bundle fixes too, so the warnings say nothing here.
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # The TorchScript exporter is chosen on purpose (see below); its deprecation notice is
+        # for torch's own roadmap, not something a user of `anomaly export` can act on.
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             _OutputTuple(runtime.graph, names).eval(),
             (example,),

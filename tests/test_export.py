@@ -1,0 +1,201 @@
+"""``anomaly export``: an exported bundle scores like its PyTorch source, through the same code
+after the features, and without importing torch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_parts_category
+
+from anomaly.artifacts.bundle import load_bundle
+from anomaly.commands.cli import main
+
+FAST = ["image_size=64", "patchcore.coreset_ratio=0.25", "padim.n_features=40"]
+QUIET = ["runtime.progress=false"]
+FORMATS = [("onnx", "fp32", "onnxruntime"), ("openvino", "fp32", "openvino")]
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    """PatchCore and PaDiM fitted on the textured parts, and each exported both ways."""
+    root = tmp_path_factory.mktemp("export")
+    make_parts_category(root / "data" / "parts")
+    made = {}
+    for model in ("patchcore", "padim"):
+        out = root / model
+        fit = ["fit", "--category", "parts", "--data-root", str(root / "data"), "--model", model]
+        assert main([*fit, "--out", str(out), "data.val_fraction=0.5", *FAST, *QUIET]) == 0
+        made[model] = out
+        for fmt, precision, engine in FORMATS:
+            exported = root / f"{model}-{engine}"
+            command = ["export", "--model", str(out), "--format", fmt, "--out", str(exported)]
+            assert main([*command, "--precision", precision, *QUIET]) == 0
+            made[f"{model}-{engine}"] = exported
+    return made
+
+
+def _scores(bundle: Path, out: Path) -> dict[str, dict[str, str]]:
+    assert (
+        main(["score", "--split", "test", "--model", str(bundle), "--out", str(out), *QUIET]) == 0
+    )
+    with (out / "scores.csv").open() as handle:
+        return {row["file"]: row for row in csv.DictReader(handle)}
+
+
+@pytest.mark.parametrize("model", ["patchcore", "padim"])
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_exported_scores_match_torch_within_1e4_with_identical_verdicts(
+    bundles, model, engine, tmp_path
+):
+    torch_rows = _scores(bundles[model], tmp_path / "torch")
+    exported_rows = _scores(bundles[f"{model}-{engine}"], tmp_path / engine)
+    assert torch_rows.keys() == exported_rows.keys()
+    reference = np.array([float(torch_rows[f]["score"]) for f in torch_rows])
+    exported = np.array([float(exported_rows[f]["score"]) for f in torch_rows])
+    np.testing.assert_allclose(exported, reference, rtol=1e-4)
+    assert [torch_rows[f]["verdict"] for f in torch_rows] == [
+        exported_rows[f]["verdict"] for f in torch_rows
+    ]
+    # The same pixel scale too: the heatmaps of rejected parts are the same files.
+    assert [torch_rows[f]["heatmap"] != "" for f in torch_rows] == [
+        exported_rows[f]["heatmap"] != "" for f in torch_rows
+    ]
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_the_bundle_records_engine_precision_and_parity(bundles, engine):
+    bundle = bundles[f"patchcore-{engine}"]
+    metadata = json.loads((bundle / "metadata.json").read_text())
+    assert metadata["runtime"]["engine"] == engine
+    assert metadata["runtime"]["precision"] == "fp32"
+    for name in metadata["runtime"]["files"]:
+        assert name in metadata["files"]  # checksummed like every bundle file
+    record = metadata["export"]
+    assert record["verdict_flips"] == 0 and record["max_relative_difference"] < 1e-4
+    assert record["n_images"] > 0
+    model = load_bundle(bundle)
+    assert model.runtime_.engine == engine
+    assert "exported to" in model.initialisation()
+
+
+def test_a_torch_bundle_records_the_torch_runtime(bundles):
+    metadata = json.loads((bundles["patchcore"] / "metadata.json").read_text())
+    assert metadata["runtime"] == {"engine": "torch"}
+
+
+SCORE_WITHOUT_TORCH = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"torch", "torchvision", "timm"}:
+                raise ImportError("blocked for the test: " + name)
+
+    sys.meta_path.insert(0, NoTorch())
+    from anomaly.commands.cli import main
+
+    code = main(["score", "--split", "test", "--model", sys.argv[1], "--out", sys.argv[2],
+                 "--report", "runtime.progress=false"])
+    fitting_only = {"torch", "timm", "sklearn", "scipy", "matplotlib", "joblib", "onnx"}
+    print("IMPORTED", sorted({m.split(".")[0] for m in sys.modules} & fitting_only))
+    sys.exit(code)
+    """
+)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_scoring_an_exported_bundle_needs_no_fitting_library(bundles, engine, tmp_path):
+    """What the [edge] install lacks (torch, timm, scikit-learn, scipy, matplotlib) is never
+    imported, and importing torch would fail: the scorer runs without it."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SCORE_WITHOUT_TORCH,
+            str(bundles[f"patchcore-{engine}"]),
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "IMPORTED []" in result.stdout
+    assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_a_torch_bundle_without_torch_says_which_install_it_needs(bundles, tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SCORE_WITHOUT_TORCH,
+            str(bundles["patchcore"]),
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "anomaly[fit]" in result.stderr and "anomaly export" in result.stderr
+
+
+def test_an_exported_bundle_refuses_what_needs_the_torch_model(bundles, tmp_path, capsys):
+    exported = bundles["patchcore-onnxruntime"]
+    good = sorted((exported.parent / "data" / "parts" / "train" / "good").iterdir())[:1]
+    code = main(["add", str(good[0]), "--model", str(exported), "--out", str(tmp_path / "b")])
+    assert code == 2
+    assert "needs the PyTorch model" in capsys.readouterr().err
+    code = main(["export", "--model", str(exported), "--out", str(tmp_path / "again"), *QUIET])
+    assert code == 2
+    assert "already exported" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--format", "onnx", "--precision", "bf16"], "precision 'bf16' with onnxruntime"),
+        (["format=tflite"], "format 'tflite'"),
+    ],
+)
+def test_bad_export_settings_are_refused_with_the_value(
+    bundles, tmp_path, capsys, arguments, message
+):
+    code = main(
+        [
+            "export",
+            "--model",
+            str(bundles["patchcore"]),
+            "--out",
+            str(tmp_path / "x"),
+            *arguments,
+            *QUIET,
+        ]
+    )
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_changed_graph_file_is_refused_at_load(bundles, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundles["patchcore-onnxruntime"], copy)
+    graph = copy / "features.onnx"
+    data = bytearray(graph.read_bytes())
+    data[-10] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    from anomaly.errors import BundleError
+
+    with pytest.raises(BundleError, match=r"features\.onnx"):
+        load_bundle(copy)
