@@ -1,10 +1,14 @@
 """``anomaly export``: a bundle whose features run in ONNX Runtime or OpenVINO.
 
 The export traces the model's feature graph, loads it in the chosen engine at the chosen
-precision, scores the bundle's validation split with both the PyTorch model and the exported
-one, and saves only when the exported model keeps the calibration's promise: no validation
-defect the PyTorch model rejects may pass (``force`` overrides, and the record says so).
-Everything after the features is the same code in both, so the comparison measures the graph.
+precision, and calibrates the exported model on the bundle's validation split with the bundle's
+own calibration settings (the same call ``anomaly fit`` makes): the threshold belongs to the
+scores the line will see. A miss-rate threshold sits exactly on a validation defect's score, so
+even a 1e-6 change would otherwise let that defect through. It then compares the exported
+model with the PyTorch one on those images (largest score difference, verdicts, AUROC, miss
+rate) and saves only when the exported model misses no more validation defects than the PyTorch
+model (``force`` overrides, and the record says so). Everything after the features is the same
+code in both, so the comparison measures the graph.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from anomaly.artifacts.bundle import (
     read_config,
     save_bundle,
 )
+from anomaly.commands.fit import calibrate_on_validation
 from anomaly.data import load_dataset
 from anomaly.decision import verdict as verdict_rule
 from anomaly.errors import AnomalyError
@@ -58,28 +63,33 @@ class ExportResult:
             [
                 f"exported {self.source} -> {self.bundle} ({p['engine']}, {p['precision']}, "
                 f"{self.bundle_mb:.1f} MB)",
-                f"checked on {p['n_images']} validation images: largest score difference "
-                f"{p['max_relative_difference']:.2e} relative ({p['max_abs_difference']:.3g} "
-                f"absolute); {p['verdict_flips']} verdict(s) flipped "
-                f"({p['defects_passed']} defect(s) now pass, {p['good_rejected']} good part(s) "
-                f"now rejected); {auroc}",
-                *(["saved despite the flips (force)"] if p.get("forced") else []),
+                f"calibrated and checked on {p['n_images']} validation images: largest score "
+                f"difference {p['max_relative_difference']:.2e} relative "
+                f"({p['max_abs_difference']:.3g} absolute); {p['verdict_flips']} verdict(s) "
+                f"differ ({p['defects_passed']} defect(s) now pass, {p['good_rejected']} good "
+                f"part(s) now rejected); {auroc}",
+                *(["saved although it misses more defects (force)"] if p.get("forced") else []),
             ]
         )
 
 
 def parity(
-    reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, threshold: float
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    labels: np.ndarray,
+    reference_threshold: float,
+    candidate_threshold: float,
 ) -> dict[str, Any]:
     """How the exported scores ``candidate`` differ from the PyTorch scores ``reference`` of
-    the same images: largest absolute and relative differences, verdict flips at
-    ``threshold``, and the AUROC of each."""
+    the same images: largest absolute and relative differences, verdicts that differ (each
+    model at its own threshold), the miss rate and the AUROC of each."""
     reference, candidate = np.asarray(reference, float), np.asarray(candidate, float)
     difference = np.abs(candidate - reference)
     scale = np.maximum(np.abs(reference), 1e-12)
-    before = verdict_rule.is_anomalous(reference, threshold)
-    after = verdict_rule.is_anomalous(candidate, threshold)
+    before = verdict_rule.is_anomalous(reference, reference_threshold)
+    after = verdict_rule.is_anomalous(candidate, candidate_threshold)
     labels = np.asarray(labels, dtype=int)
+    defects = labels == 1
     return {
         "n_images": int(reference.size),
         "max_abs_difference": float(difference.max()) if difference.size else 0.0,
@@ -89,6 +99,10 @@ def parity(
         "good_rejected": int((~before & after & (labels == 0)).sum()),
         "auroc_torch": metrics.image_auroc(labels, reference),
         "auroc_exported": metrics.image_auroc(labels, candidate),
+        "miss_rate_torch": float((~before[defects]).mean()) if defects.any() else None,
+        "miss_rate_exported": float((~after[defects]).mean()) if defects.any() else None,
+        "threshold_torch": float(reference_threshold),
+        "threshold_exported": float(candidate_threshold),
     }
 
 
@@ -117,20 +131,27 @@ def export_bundle(config: DictConfig) -> ExportResult:
         del exported.extractor_  # the copy scores with the exported graph only
         exported.runtime_ = runtime
         reference = score_split(model, validation)
-        candidate = score_split(exported, validation)
+        candidate = calibrate_on_validation(exported, validation, read_config(source).calibration)
         record = {
             "engine": runtime.engine,
             "precision": config.precision,
-            **parity(reference.scores, candidate.scores, reference.labels, model.threshold_),
-            "forced": False,
+            **parity(
+                reference.scores,
+                candidate.scores,
+                reference.labels,
+                model.threshold_,
+                exported.threshold_,
+            ),
         }
-        if record["defects_passed"] and not config.force:
+        worse = (record["miss_rate_exported"] or 0.0) > (record["miss_rate_torch"] or 0.0)
+        if worse and not config.force:
             raise AnomalyError(
-                f"{runtime.engine} at {config.precision}: {record['defects_passed']} validation "
-                "defect(s) the PyTorch model rejects would pass, so the calibrated miss rate "
-                "would no longer hold; nothing saved (use a higher precision, or --force)"
+                f"{runtime.engine} at {config.precision}: validation miss rate "
+                f"{record['miss_rate_exported']:.1%} against {record['miss_rate_torch']:.1%} "
+                "with PyTorch, so the calibrated miss rate would no longer hold; nothing saved "
+                "(use a higher precision, or --force)"
             )
-        record["forced"] = bool(record["defects_passed"])
+        record["forced"] = bool(worse)
         carried = {key: model.metadata_[key] for key in _CARRIED if key in model.metadata_}
         carried["export"] = {"source": str(source), **record}
         bundle = save_bundle(exported, out, (source / CONFIG).read_text(), carried)

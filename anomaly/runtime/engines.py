@@ -79,6 +79,9 @@ class OnnxRuntime(_Exported):
         options.intra_op_num_threads = resolve_threads(num_threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # warnings about unused initialisers are noise here
+        # Idle ORT threads otherwise spin for a while after each run, taking the cores the
+        # faiss search that follows needs (measured: search 8 -> 14 ms/image on 2 cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
