@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from anomaly.errors import UnsupportedError
-from anomaly.models.base import AnomalyModel
 from anomaly.runtime.engines import (
     INPUT_NAME,
     ONNX_FILE,
@@ -26,6 +26,9 @@ from anomaly.runtime.engines import (
     check_precision,
     load_runtime,
 )
+
+if TYPE_CHECKING:  # a type only: runtime/ sits below models/ in the layout
+    from anomaly.models.base import AnomalyModel
 
 logger = logging.getLogger(__name__)
 
