@@ -49,6 +49,7 @@ class PatchCoreConfig:
     feature_dim: int = 1024
     num_neighbors: int = 9
     index: str = "flat"  # "flat" (exact) or "hnsw" (approximate, for large banks)
+    ef_search: int = 64  # hnsw only: candidates per query; lower = faster, less exact
     blur_sigma: float = 4.0
 
 

@@ -7,7 +7,11 @@ own. Prints, per runtime: ms/image of the feature graph (backbone and pooling), 
 score difference from torch and the test verdicts that differ. Every runtime is measured
 ``--rounds`` times, the order rotated each round; the best round is reported, with the load.
 
-    python benchmarks/runtimes.py --category elpv
+With ``--ef-search N`` a second PatchCore is fitted with an approximate HNSW index
+(``patchcore.index=hnsw patchcore.ef_search=N``; the same coreset, so the same bank vectors) and
+exported too: the rows marked ``hnsw`` show what approximate search buys and costs in AUROC.
+
+    python benchmarks/runtimes.py --category elpv --ef-search 16
     python benchmarks/runtimes.py --category sealant --rounds 1
 """
 
@@ -84,6 +88,8 @@ def measure(bundle: str) -> dict:
         "torch_imported": "torch" in sys.modules,
         "auroc": metrics.image_auroc(labels, scores),
         "threshold": model.threshold_,
+        "index": getattr(model, "index", "-"),
+        "ef_search": getattr(model, "ef_search", None),
         "scores": scores.tolist(),
     }
 
@@ -115,6 +121,7 @@ def main() -> int:
     parser.add_argument("--data-root")
     parser.add_argument("--model", help="a fitted PatchCore bundle (default: fit one)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--ef-search", type=int, help="also an HNSW bank with this ef_search")
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
@@ -127,30 +134,36 @@ def main() -> int:
     from anomaly.config import ExportConfig, FitConfig, build_config
 
     source = args.model or f"runs/benchmark/{args.category}/patchcore"
-    if args.model is None:
-        fit = build_config(
-            FitConfig,
-            None,
-            ["runtime.progress=false"],
-            **{"data.category": args.category, "data.root": args.data_root, "out": source},
-        )
-        print(f"fitting PatchCore on {args.category} -> {source}")
-        fit_category(fit)
-    bundles = [source]
-    for fmt, precision in EXPORTS:
-        out = f"{source}-{fmt}-{precision}"
-        config = build_config(
-            ExportConfig,
-            None,
-            ["runtime.progress=false"],
-            model=source,
-            format=fmt,
-            precision=precision,
-            out=out,
-            force=True,  # measured either way; the record says when it would have refused
-        )
-        print(export_bundle(config).text())
-        bundles.append(out)
+    sources = [(source, [], EXPORTS)]
+    if args.ef_search:
+        hnsw = ["patchcore.index=hnsw", f"patchcore.ef_search={args.ef_search}"]
+        sources.append((f"{source}-hnsw{args.ef_search}", hnsw, EXPORTS[:2]))
+    bundles = []
+    for bundle, overrides, exports in sources:
+        if args.model is None or overrides:
+            fit = build_config(
+                FitConfig,
+                None,
+                ["runtime.progress=false", *overrides],
+                **{"data.category": args.category, "data.root": args.data_root, "out": bundle},
+            )
+            print(f"fitting PatchCore {' '.join(overrides)} on {args.category} -> {bundle}")
+            fit_category(fit)
+        bundles.append(bundle)
+        for fmt, precision in exports:
+            out = f"{bundle}-{fmt}-{precision}"
+            config = build_config(
+                ExportConfig,
+                None,
+                ["runtime.progress=false"],
+                model=bundle,
+                format=fmt,
+                precision=precision,
+                out=out,
+                force=True,  # measured either way; the record says when it would have refused
+            )
+            print(export_bundle(config).text())
+            bundles.append(out)
     results: dict[str, list[dict]] = {b: [] for b in bundles}
     for round_index in range(args.rounds):
         order = bundles[round_index % len(bundles) :] + bundles[: round_index % len(bundles)]
@@ -176,6 +189,8 @@ def main() -> int:
         rel = float(np.max(np.abs(scores - ref_scores) / np.maximum(np.abs(ref_scores), 1e-12)))
         flips = int(((scores >= r["threshold"]) != (ref_scores >= reference["threshold"])).sum())
         name = f"{r['engine']} {r['precision']}"
+        if r["index"] == "hnsw":
+            name += f" hnsw{r['ef_search']}"
         print(
             f"{name:<22}{r['graph_ms']:>7.1f}{r['features_ms'] - r['graph_ms']:>7.1f}"
             f"{r['search_ms']:>8.1f}{r['maps_ms']:>7.1f}"

@@ -20,11 +20,16 @@ class MemoryBank:
     for banks too large to search exactly in time).
     """
 
-    def __init__(self, index_type: str = "flat", hnsw_neighbors: int = 32) -> None:
+    def __init__(
+        self, index_type: str = "flat", hnsw_neighbors: int = 32, ef_search: int = 64
+    ) -> None:
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index={index_type!r}: choose one of {', '.join(INDEX_TYPES)}")
         self.index_type = index_type
         self.hnsw_neighbors = hnsw_neighbors
+        # HNSW's candidate list per query: smaller is faster and further from exact (ELPV:
+        # 16 -> 8 ms/image, AUROC -0.0008; 64 -> 25-29 ms, as exact to 4 digits).
+        self.ef_search = ef_search
         self.index_: faiss.Index | None = None
 
     def nbytes(self) -> int:
@@ -38,7 +43,7 @@ class MemoryBank:
             index = faiss.IndexFlatL2(dim)
         else:
             index = faiss.IndexHNSWFlat(dim, self.hnsw_neighbors)
-            index.hnsw.efSearch = 64
+            index.hnsw.efSearch = self.ef_search
         index.add(vectors)
         self.index_ = index
         return self
@@ -83,7 +88,7 @@ class MemoryBank:
         faiss.write_index(self.index_, str(path))
 
     @classmethod
-    def load(cls, path: Path) -> MemoryBank:
+    def load(cls, path: Path, ef_search: int = 64) -> MemoryBank:
         index = faiss.read_index(str(path))
         if isinstance(index, faiss.IndexHNSWFlat):
             index_type = "hnsw"
@@ -94,8 +99,8 @@ class MemoryBank:
                 f"a faiss {type(index).__name__}, not one of the bank's index types "
                 "(IndexFlatL2, IndexHNSWFlat)"
             )
-        bank = cls(index_type)
+        bank = cls(index_type, ef_search=ef_search)
         if index_type == "hnsw":
-            index.hnsw.efSearch = 64
+            index.hnsw.efSearch = ef_search
         bank.index_ = index
         return bank

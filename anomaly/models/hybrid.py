@@ -91,6 +91,7 @@ class Hybrid(PatchCore):
         feature_dim: int = 1024,
         num_neighbors: int = 9,
         index: str = "flat",
+        ef_search: int = 64,
         head_layers: Sequence[int] = (1, 2, 3, 4),
         min_defects: int = 2,
         fusion_confidence: float = 0.95,

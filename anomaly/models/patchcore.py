@@ -44,6 +44,8 @@ class PatchCore(AnomalyModel):
         num_neighbors: neighbours of the nearest bank vector used to re-weight the image score
             (1 disables re-weighting).
         index: ``"flat"`` (exact search) or ``"hnsw"`` (approximate, for very large banks).
+        ef_search: HNSW's candidates per query (``index="hnsw"`` only): lower is faster and less
+            exact.
         Other arguments: see :class:`anomaly.models.base.AnomalyModel`.
     """
 
@@ -64,6 +66,7 @@ class PatchCore(AnomalyModel):
         feature_dim: int = 1024,
         num_neighbors: int = 9,
         index: str = "flat",
+        ef_search: int = 64,
         blur_sigma: float = 4.0,
         group_by: str | None = None,
         batch_size: int = 8,
@@ -79,6 +82,8 @@ class PatchCore(AnomalyModel):
             raise DataError(f"coreset_ratio={self.coreset_ratio}: must be in (0, 1]")
         if self.index not in INDEX_TYPES:
             raise DataError(f"index={self.index!r}: choose one of {', '.join(INDEX_TYPES)}")
+        if self.ef_search < 1:
+            raise DataError(f"ef_search={self.ef_search}: must be at least 1")
         if self.num_neighbors < 1:
             raise DataError(f"num_neighbors={self.num_neighbors}: must be at least 1")
 
@@ -121,7 +126,7 @@ class PatchCore(AnomalyModel):
         bank = self._coreset.bank().numpy()
         self.n_train_patches_ = self._coreset.n_seen
         del self._coreset, self._pending
-        self.memory_bank_ = MemoryBank(self.index).fit(bank)
+        self.memory_bank_ = MemoryBank(self.index, ef_search=self.ef_search).fit(bank)
         logger.info(
             "memory bank: %d of %d patches (%.2f%%), %d dims",
             self.memory_bank_.size,
@@ -228,7 +233,7 @@ class PatchCore(AnomalyModel):
 
     def load_state(self, tensors: dict[str, np.ndarray], bundle_dir: Path) -> None:
         try:
-            self.memory_bank_ = MemoryBank.load(bundle_dir / BANK_FILE)
+            self.memory_bank_ = MemoryBank.load(bundle_dir / BANK_FILE, self.ef_search)
         except ValueError as error:  # a readable index of a kind the bank does not use
             raise BundleError(f"{bundle_dir / BANK_FILE}: {error}") from error
         except Exception as error:  # faiss raises RuntimeError with a C++ trace
