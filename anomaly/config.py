@@ -179,10 +179,13 @@ class ExportConfig:
 
     model: str = "runs/sealant/patchcore"  # bundle directory (made by `anomaly fit`)
     format: str = "onnx"  # onnx (ONNX Runtime) | openvino
-    precision: str = "fp32"  # fp32; openvino also bf16 | fp16 (checked, recorded)
+    precision: str = "fp32"  # fp32 | int8; openvino also bf16 | fp16 (checked, recorded)
+    int8_images: int = 64  # good train images that calibrate int8 activation ranges
     out: str | None = None  # default <model>-<format>-<precision>
-    # Save even when validation defects the PyTorch model rejects would pass (recorded).
-    force: bool = False
+    # Refuse an export whose validation false-alarm rate (recalibrated to the same miss-rate
+    # target) is more than this above the PyTorch model's, or that misses more defects.
+    max_false_alarm_increase: float = 0.01
+    force: bool = False  # save anyway (recorded in the bundle)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 

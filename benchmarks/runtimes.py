@@ -12,6 +12,7 @@ With ``--ef-search N`` a second PatchCore is fitted with an approximate HNSW ind
 exported too: the rows marked ``hnsw`` show what approximate search buys and costs in AUROC.
 
     python benchmarks/runtimes.py --category elpv --ef-search 16
+    python benchmarks/runtimes.py --model runs/benchmark/elpv/patchcore --exports onnx:int8
     python benchmarks/runtimes.py --category sealant --rounds 1
 """
 
@@ -29,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-#: (format, precision) exported and compared with the torch bundle.
-EXPORTS = [("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+#: (format, precision) exported and compared with the torch bundle (``--exports``).
+EXPORTS = "onnx:fp32,onnx:int8,openvino:fp32,openvino:int8,openvino:bf16"
 
 
 def measure(bundle: str) -> dict:
@@ -122,6 +123,7 @@ def main() -> int:
     parser.add_argument("--model", help="a fitted PatchCore bundle (default: fit one)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--ef-search", type=int, help="also an HNSW bank with this ef_search")
+    parser.add_argument("--exports", default=EXPORTS, help="format:precision,... to compare")
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
@@ -134,10 +136,12 @@ def main() -> int:
     from anomaly.config import ExportConfig, FitConfig, build_config
 
     source = args.model or f"runs/benchmark/{args.category}/patchcore"
-    sources = [(source, [], EXPORTS)]
-    if args.ef_search:
+    exports = [tuple(item.split(":")) for item in args.exports.split(",")]
+    sources = [(source, [], exports)]
+    if args.ef_search:  # the approximate bank in the fp32 exports only
         hnsw = ["patchcore.index=hnsw", f"patchcore.ef_search={args.ef_search}"]
-        sources.append((f"{source}-hnsw{args.ef_search}", hnsw, EXPORTS[:2]))
+        fp32 = [(fmt, precision) for fmt, precision in exports if precision == "fp32"]
+        sources.append((f"{source}-hnsw{args.ef_search}", hnsw, fp32))
     bundles = []
     for bundle, overrides, exports in sources:
         if args.model is None or overrides:

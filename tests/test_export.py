@@ -199,3 +199,61 @@ def test_a_changed_graph_file_is_refused_at_load(bundles, tmp_path):
 
     with pytest.raises(BundleError, match=r"features\.onnx"):
         load_bundle(copy)
+
+
+def test_int8_export_quantises_the_graph_and_states_what_it_costs(bundles, tmp_path, capsys):
+    import onnx
+
+    out = tmp_path / "int8"
+    command = ["export", "--model", str(bundles["patchcore"]), "--precision", "int8"]
+    # --force: on 64-pixel toy parts int8 may cost false alarms; what it costs is printed and
+    # recorded either way, which is what this test checks.
+    assert main([*command, "--out", str(out), "--force", *QUIET]) == 0
+    text = capsys.readouterr().out
+    assert "validation AUROC" in text and "false alarms" in text
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["runtime"]["precision"] == "int8"
+    assert metadata["export"]["int8_calibration_images"] == 12  # the good train images
+    operators = {node.op_type for node in onnx.load(str(out / "features.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= operators
+    run = ["score", "--split", "test", "--model", str(out), "--out", str(tmp_path / "run")]
+    assert main([*run, *QUIET]) == 0
+
+
+class _Scrambled:
+    """An exported runtime whose features are noise: a graph that scores worse."""
+
+    def __init__(self, runtime) -> None:
+        self.runtime = runtime
+        self.rng = np.random.default_rng(0)
+
+    def __call__(self, images):
+        outputs = self.runtime(images)
+        patches = outputs["patches"]
+        outputs["patches"] = self.rng.normal(0, 1, patches.shape).astype(patches.dtype)
+        return outputs
+
+    def __getattr__(self, name):
+        return getattr(self.runtime, name)
+
+
+def test_an_export_that_scores_worse_is_refused_and_nothing_is_saved(
+    bundles, tmp_path, monkeypatch, capsys
+):
+    import anomaly.runtime.export as export_module
+
+    real = export_module.export_features
+    monkeypatch.setattr(export_module, "export_features", lambda *a, **k: _Scrambled(real(*a, **k)))
+    out = tmp_path / "worse"
+    assert main(["export", "--model", str(bundles["patchcore"]), "--out", str(out), *QUIET]) == 2
+    error = capsys.readouterr().err
+    assert "nothing saved" in error and ("false-alarm rate" in error or "miss rate" in error)
+    assert not out.exists()
+
+
+def test_evaluate_takes_exported_bundles_next_to_their_source(bundles, tmp_path, capsys):
+    models = [bundles["patchcore"], bundles["patchcore-onnxruntime"], bundles["padim-openvino"]]
+    command = ["evaluate", *[a for m in models for a in ("--model", str(m))]]
+    assert main([*command, "--out", str(tmp_path / "eval"), "--no-plots", *QUIET]) == 0
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert len(report["models"]) == 3

@@ -321,8 +321,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["onnx", "openvino"], help="format: onnx (default)")
     export.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        help="inference precision (precision): fp32 (default); openvino also bf16, fp16",
+        choices=["fp32", "int8", "bf16", "fp16"],
+        help="inference precision (precision): fp32 (default), int8 (quantised on good train "
+        "images); openvino also bf16, fp16",
     )
     export.add_argument("--out", help="exported bundle directory (out)")
     export.add_argument(

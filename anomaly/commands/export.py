@@ -5,10 +5,12 @@ precision, and calibrates the exported model on the bundle's validation split wi
 own calibration settings (the same call ``anomaly fit`` makes): the threshold belongs to the
 scores the line will see. A miss-rate threshold sits exactly on a validation defect's score, so
 even a 1e-6 change would otherwise let that defect through. It then compares the exported
-model with the PyTorch one on those images (largest score difference, verdicts, AUROC, miss
-rate) and saves only when the exported model misses no more validation defects than the PyTorch
-model (``force`` overrides, and the record says so). Everything after the features is the same
-code in both, so the comparison measures the graph.
+model with the PyTorch one on those images (largest score difference, verdicts, AUROC, miss and
+false-alarm rates) and saves only when the exported model misses no more validation defects
+than the PyTorch model and its validation false-alarm rate is at most ``max_false_alarm_increase``
+higher (``force`` overrides, and the record says so). Recalibrated to the same target, a worse
+graph shows up as more false alarms, which is what an int8 or bf16 export can cost. Everything
+after the features is the same code in both, so the comparison measures the graph.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from anomaly.decision import verdict as verdict_rule
 from anomaly.errors import AnomalyError
 from anomaly.evaluation import metrics
 from anomaly.evaluation.split import score_split
+from anomaly.io.images import load_image
+from anomaly.models.base import good_subset
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +71,10 @@ class ExportResult:
                 f"difference {p['max_relative_difference']:.2e} relative "
                 f"({p['max_abs_difference']:.3g} absolute); {p['verdict_flips']} verdict(s) "
                 f"differ ({p['defects_passed']} defect(s) now pass, {p['good_rejected']} good "
-                f"part(s) now rejected); {auroc}",
-                *(["saved although it misses more defects (force)"] if p.get("forced") else []),
+                f"part(s) now rejected); {auroc}; false alarms "
+                f"{_rate(p['false_alarm_rate_torch'])} -> {_rate(p['false_alarm_rate_exported'])}"
+                f", misses {_rate(p['miss_rate_torch'])} -> {_rate(p['miss_rate_exported'])}",
+                *(["saved although it scores worse (force)"] if p.get("forced") else []),
             ]
         )
 
@@ -101,9 +107,29 @@ def parity(
         "auroc_exported": metrics.image_auroc(labels, candidate),
         "miss_rate_torch": float((~before[defects]).mean()) if defects.any() else None,
         "miss_rate_exported": float((~after[defects]).mean()) if defects.any() else None,
+        "false_alarm_rate_torch": float(before[~defects].mean()) if (~defects).any() else None,
+        "false_alarm_rate_exported": float(after[~defects].mean()) if (~defects).any() else None,
         "threshold_torch": float(reference_threshold),
         "threshold_exported": float(candidate_threshold),
     }
+
+
+def _worse(record: dict[str, Any], max_false_alarm_increase: float) -> str | None:
+    """Why the exported model is not good enough to save, or None."""
+    miss_torch, miss = record["miss_rate_torch"] or 0.0, record["miss_rate_exported"] or 0.0
+    if miss > miss_torch:
+        return (
+            f"validation miss rate {miss:.1%} against {miss_torch:.1%} with PyTorch: the "
+            "calibrated miss rate would no longer hold"
+        )
+    alarms_torch = record["false_alarm_rate_torch"] or 0.0
+    alarms = record["false_alarm_rate_exported"] or 0.0
+    if alarms > alarms_torch + max_false_alarm_increase:
+        return (
+            f"validation false-alarm rate {alarms:.1%} against {alarms_torch:.1%} with "
+            f"PyTorch, more than max_false_alarm_increase={max_false_alarm_increase:g} higher"
+        )
+    return None
 
 
 def export_bundle(config: DictConfig) -> ExportResult:
@@ -122,11 +148,18 @@ def export_bundle(config: DictConfig) -> ExportResult:
     out = Path(config.out or f"{source}-{config.format}-{config.precision}")
     if out.resolve() == source.resolve():
         raise AnomalyError(f"--out {out}: the exported bundle cannot replace its source")
-    validation = load_dataset(read_config(source)).select("val")
+    dataset = load_dataset(read_config(source))
+    validation = dataset.select("val")
     if not validation:
         raise AnomalyError(f"{source}: its dataset has no validation images to check against")
+    calibration_images = []
+    if config.precision == "int8":  # activation ranges from the model's own good train images
+        good = good_subset(dataset.select("train"), config.int8_images, seed=0)
+        calibration_images = [load_image(sample.path) for sample in good]
     with tempfile.TemporaryDirectory(prefix="anomaly-export-") as work:
-        runtime = export_features(model, config.format, config.precision, Path(work))
+        runtime = export_features(
+            model, config.format, config.precision, Path(work), calibration_images
+        )
         exported = copy.copy(model)
         del exported.extractor_  # the copy scores with the exported graph only
         exported.runtime_ = runtime
@@ -143,16 +176,20 @@ def export_bundle(config: DictConfig) -> ExportResult:
                 exported.threshold_,
             ),
         }
-        worse = (record["miss_rate_exported"] or 0.0) > (record["miss_rate_torch"] or 0.0)
-        if worse and not config.force:
+        if calibration_images:
+            record["int8_calibration_images"] = len(calibration_images)
+        problem = _worse(record, config.max_false_alarm_increase)
+        if problem and not config.force:
             raise AnomalyError(
-                f"{runtime.engine} at {config.precision}: validation miss rate "
-                f"{record['miss_rate_exported']:.1%} against {record['miss_rate_torch']:.1%} "
-                "with PyTorch, so the calibrated miss rate would no longer hold; nothing saved "
-                "(use a higher precision, or --force)"
+                f"{runtime.engine} at {config.precision}: {problem}; nothing saved (use a "
+                "higher precision, or --force)"
             )
-        record["forced"] = bool(worse)
+        record["forced"] = bool(problem)
         carried = {key: model.metadata_[key] for key in _CARRIED if key in model.metadata_}
         carried["export"] = {"source": str(source), **record}
         bundle = save_bundle(exported, out, (source / CONFIG).read_text(), carried)
     return ExportResult(bundle, source, record, bundle_size_bytes(bundle) / 2**20)
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"

@@ -29,9 +29,10 @@ INPUT_NAME = "images"
 ONNX_FILE = "features.onnx"
 OPENVINO_FILES = ("features.xml", "features.bin")
 #: Precisions each engine can be told to use (``anomaly export --precision``).
-PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16", "fp16")}
-#: OpenVINO's names for them (``INFERENCE_PRECISION_HINT``).
-_OPENVINO_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+PRECISIONS = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "fp16", "int8")}
+#: OpenVINO's names for them (``INFERENCE_PRECISION_HINT``). An int8 graph carries its own
+#: quantisation (QDQ nodes); what is not quantised runs at f32.
+_OPENVINO_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 #: The ``[edge]`` extra brings ONNX Runtime; OpenVINO comes with ``[openvino]``.
 _INSTALL = {
     "onnxruntime": "pip install 'anomaly[edge]'",
@@ -69,7 +70,8 @@ class _Exported:
 
 
 class OnnxRuntime(_Exported):
-    """A feature graph in ONNX Runtime (CPU execution provider, fp32)."""
+    """A feature graph in ONNX Runtime (CPU execution provider): fp32, or int8 when the export
+    quantised the graph (the precision lives in the graph file itself)."""
 
     engine = "onnxruntime"
 
@@ -126,8 +128,10 @@ class OpenVinoRuntime(_Exported):
         # What the CPU plugin actually runs at: a CPU without bfloat16 units runs bf16 as f32.
         used = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         used = used.to_string() if hasattr(used, "to_string") else str(used)
-        self.effective_precision = {hint: name for name, hint in _OPENVINO_HINT.items()}.get(
-            used, used
+        self.effective_precision = (
+            precision
+            if used == _OPENVINO_HINT[precision]
+            else {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(used, used)
         )
         if self.effective_precision != precision:
             logger.warning(
