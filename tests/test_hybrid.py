@@ -241,3 +241,24 @@ def test_a_head_gain_that_does_not_hold_under_resampling_is_not_trusted() -> Non
     assert model._fusion_support(labels, bank, 4.0 * labels + rng.normal(0, 1, 72)) > 0.99
     model.fusion_weight_ = 0.0
     assert model._fusion_support(labels, bank, bank) == 1.0
+
+
+def test_an_exported_hybrid_scores_and_names_types_like_its_source(typed, tmp_path) -> None:
+    """The head, the type head and the fusion are numpy code after the features: through ONNX
+    Runtime they give the same scores, verdicts and types."""
+    from anomaly.artifacts.bundle import load_bundle
+    from anomaly.commands.cli import main
+
+    config, result, _ = typed
+    out = tmp_path / "onnx"
+    assert main(["export", "--model", config.out, "--out", str(out), "runtime.progress=false"]) == 0
+    exported = load_bundle(out)
+    assert exported.runtime_.engine == "onnxruntime"
+    test = [s.path for s in load_dataset(config).select("test")]
+    reference, candidate = result.model.predict(test), exported.predict(test)
+    np.testing.assert_allclose(candidate.scores, reference.scores, rtol=1e-4)
+    assert candidate.predicted_types == reference.predicted_types
+    np.testing.assert_allclose(
+        candidate.type_probabilities, reference.type_probabilities, atol=1e-4
+    )
+    assert candidate.verdicts == reference.verdicts
