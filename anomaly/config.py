@@ -29,6 +29,10 @@ class DataConfig:
     seed: int = 0
     include_uncertain: bool = False  # elpv: count probability 1/3 and 2/3 cells as defects
     max_train_images: int | None = None  # cap on good training images (None = all)
+    # Folder layout with a team's own names: folders (or shell patterns) of good and of defect
+    # images, e.g. [ok_front] and ["def_*"]; null = good/ and every other folder.
+    good_dirs: list[str] | None = None
+    defect_dirs: list[str] | None = None
     # Score scale per group of parts: null (none) or "dataset" (the group the layout gives each
     # image: ELPV's cell type). Fitted models recognise a new part's group from its features.
     group_by: str | None = None

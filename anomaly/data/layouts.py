@@ -17,16 +17,21 @@ Folder::
     <cat>/<defect>/                      one folder per defect type (sub-folders are walked)
     <cat>/ground_truth/<defect>/<stem>_mask.png   optional
 
-split seeded and stratified by (label, defect type) into train/val/test.
+split seeded and stratified by (label, defect type) into train/val/test. A team's own folder
+names work as they are: ``data.good_dirs=[ok_front]`` names the good folders and
+``data.defect_dirs=["def_*"]`` the defect folders (shell-style patterns; folders matching
+neither are then left out, with a warning), so ``ok_front/`` and ``def_front/`` need no
+renaming; each defect folder's name is its defect type.
 
 Class folders are walked recursively; a mask mirrors its image's path below the class folder.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,25 +64,47 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def detect_layout(category_dir: str | Path) -> str:
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _check_patterns(key: str, patterns: Sequence[str] | None) -> tuple[str, ...] | None:
+    if patterns is None:
+        return None
+    if isinstance(patterns, str) or not all(isinstance(p, str) and p for p in patterns):
+        raise DataError(f"data.{key}={patterns!r}: expected a list of folder names or patterns")
+    if not patterns:
+        raise DataError(f"data.{key}=[]: name at least one folder (or leave it unset)")
+    return tuple(patterns)
+
+
+def detect_layout(category_dir: str | Path, good_dirs: Sequence[str] | None = None) -> str:
     """Tell which on-disk layout ``category_dir`` uses.
 
     Returns:
-        ``"mvtec"`` when it has ``train/`` (or, failing that and without ``good/``, ``test/``);
-        ``"folder"`` when it has ``good/``.
+        ``"mvtec"`` when it has ``train/`` (or, failing that and without a good folder,
+        ``test/``); ``"folder"`` when it has ``good/`` or a folder ``good_dirs`` names.
 
     Raises:
         DataError: the folder is missing or matches neither layout.
     """
     root = _category_root(category_dir)
+    good_dirs = _check_patterns("good_dirs", good_dirs)
     if (root / "train").is_dir():
         return "mvtec"
-    if (root / GOOD).is_dir():
+    folders = _subdirs(root)
+    if (root / GOOD).is_dir() or (good_dirs and any(_matches(d.name, good_dirs) for d in folders)):
         return "folder"
+    names = ", ".join(d.name for d in folders) or "none"
+    if good_dirs:
+        raise DataError(
+            f"{root}: no folder matches data.good_dirs={list(good_dirs)} (folders here: {names})"
+        )
     if (root / "test").is_dir():
         return "mvtec"
     raise DataError(
-        f"{root}: not a dataset folder: expected the {_MVTEC_HINT}, or the {_FOLDER_HINT}"
+        f"{root}: not a dataset folder: expected the {_MVTEC_HINT}, or the {_FOLDER_HINT}; "
+        f"for other folder names set data.good_dirs and data.defect_dirs (folders here: {names})"
     )
 
 
@@ -90,9 +117,18 @@ def _find_mask(ground_truth: Path, defect_type: str, relative: Path) -> Path | N
     return None
 
 
-def _class_items(split_dir: Path, ground_truth: Path, *, skip: tuple[str, ...] = ()) -> list[_Item]:
-    """Images of every class folder under ``split_dir``: ``good/`` -> 0, anything else -> 1."""
+def _class_items(
+    split_dir: Path,
+    ground_truth: Path,
+    *,
+    skip: tuple[str, ...] = (),
+    good_dirs: Sequence[str] = (GOOD,),
+    defect_dirs: Sequence[str] | None = None,
+) -> list[_Item]:
+    """Images of every class folder under ``split_dir``: a folder ``good_dirs`` matches -> 0;
+    any other (or, when ``defect_dirs`` is given, one it matches) -> 1, its name the type."""
     items: list[_Item] = []
+    ignored: list[str] = []
     loose = [p for p in split_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
     if loose:
         logger.warning(
@@ -105,17 +141,36 @@ def _class_items(split_dir: Path, ground_truth: Path, *, skip: tuple[str, ...] =
         # ground_truth/ holds masks, never a class, wherever it sits.
         if class_dir.name in skip or class_dir.name == GROUND_TRUTH:
             continue
+        good = _matches(class_dir.name, good_dirs)
+        if defect_dirs is not None:
+            defect = _matches(class_dir.name, defect_dirs)
+            if good and defect:
+                raise DataError(
+                    f"{class_dir}: matches both data.good_dirs={list(good_dirs)} and "
+                    f"data.defect_dirs={list(defect_dirs)}; a folder is good or defect, not both"
+                )
+            if not (good or defect):
+                ignored.append(class_dir.name)
+                continue
         images = list_images(class_dir)
         if not images:
             logger.warning("%s: no images, class folder ignored", class_dir)
             continue
-        defect_type = class_dir.name
-        label = 0 if defect_type == GOOD else 1
+        # Good parts are "good" whatever their folder is called (the file path keeps the
+        # team's name); a defect folder's name is its defect type.
+        defect_type = GOOD if good else class_dir.name
+        label = 0 if good else 1
         for path in images:
             mask = None
             if label == 1:
                 mask = _find_mask(ground_truth, defect_type, path.relative_to(class_dir))
             items.append((path, label, defect_type, mask))
+    if ignored:
+        logger.warning(
+            "%s: folder(s) %s match neither data.good_dirs nor data.defect_dirs: left out",
+            split_dir,
+            ", ".join(ignored),
+        )
     return items
 
 
@@ -205,8 +260,11 @@ def load_folder(
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     seed: int = 0,
+    good_dirs: Sequence[str] | None = None,
+    defect_dirs: Sequence[str] | None = None,
 ) -> Dataset:
-    """Load a category in folder layout: ``good/`` plus one folder per defect type.
+    """Load a category in folder layout: ``good/`` plus one folder per defect type, or the
+    team's own names (``good_dirs``, ``defect_dirs``: folder names or shell-style patterns).
 
     ``ground_truth/`` (masks, same naming as MVTec AD) is not a class. The images are split
     seeded and stratified by (label, defect type) into train / val / test with fractions
@@ -219,6 +277,9 @@ def load_folder(
         val_fraction: share of each class that goes to val.
         test_fraction: share of each class that goes to test.
         seed: seed of the split.
+        good_dirs: folders of good images (default ``["good"]``).
+        defect_dirs: folders of defect images; default every other folder. When given,
+            folders matching neither list are left out (with a warning).
 
     Returns:
         The dataset, layout ``"folder"``.
@@ -229,10 +290,19 @@ def load_folder(
     """
     root = _category_root(category_dir)
     fractions = train_val_test_fractions(val_fraction, test_fraction)
-    good_dir = root / GOOD
-    if not good_dir.is_dir() or not list_images(good_dir):
-        raise DataError(f"{good_dir}: no good images ({_FOLDER_HINT})")
-    items = _class_items(root, root / GROUND_TRUTH)
+    good_names = _check_patterns("good_dirs", good_dirs) or (GOOD,)
+    defect_names = _check_patterns("defect_dirs", defect_dirs)
+    good_folders = [d for d in _subdirs(root) if _matches(d.name, good_names)]
+    if good_dirs is None and not any(list_images(d) for d in good_folders):
+        raise DataError(f"{root / GOOD}: no good images ({_FOLDER_HINT})")
+    if not any(list_images(d) for d in good_folders):
+        folders = ", ".join(d.name for d in _subdirs(root)) or "none"
+        raise DataError(
+            f"{root}: no good images in a folder matching data.good_dirs={list(good_names)} "
+            f"(folders here: {folders}; {_FOLDER_HINT}, or set data.good_dirs)"
+        )
+    good_dir = good_folders[0]
+    items = _class_items(root, root / GROUND_TRUTH, good_dirs=good_names, defect_dirs=defect_names)
     strata = [(label, defect_type) for _, label, defect_type, _ in items]
     splits = stratified_split(strata, fractions, seed)
     samples = [_sample(item, split) for item, split in zip(items, splits, strict=True)]
@@ -257,7 +327,7 @@ def load_directory(category_dir: str | Path, **kwargs: Any) -> Dataset:
     Note that for MVTec AD ``val_fraction`` is the share of ``test/`` moved to val, whereas for
     the folder layout it is the share of every class.
     """
-    layout = detect_layout(category_dir)
+    layout = detect_layout(category_dir, kwargs.get("good_dirs"))
     loader = _LOADERS[layout]
     accepted = set(inspect.signature(loader).parameters)
     shared = {"name", "val_fraction", "test_fraction", "seed"}

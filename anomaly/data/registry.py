@@ -184,6 +184,11 @@ def load_dataset(config: Any) -> Dataset:
         seed=data.seed,
         # Passed only when set: a layout without the option then warns only when asked for it.
         **({"include_uncertain": data.include_uncertain} if data.include_uncertain else {}),
+        **{
+            key: list(data[key])
+            for key in ("good_dirs", "defect_dirs")
+            if data.get(key) is not None  # bundles saved before these keys lack them
+        },
     )
 
 
