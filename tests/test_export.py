@@ -257,3 +257,53 @@ def test_evaluate_takes_exported_bundles_next_to_their_source(bundles, tmp_path,
     assert main([*command, "--out", str(tmp_path / "eval"), "--no-plots", *QUIET]) == 0
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert len(report["models"]) == 3
+
+
+def test_the_edge_install_scores_an_exported_bundle_without_torch(bundles, tmp_path):
+    """``pip install .[edge]`` into a fresh virtual environment: no fitting-only package comes
+    in, and its ``anomaly score`` scores an exported bundle. Prints the install's size and the
+    scorer's peak RSS (figures, not asserted: benchmarks/edge_install.py measures them on ELPV)."""
+    import venv
+
+    repository = Path(__file__).resolve().parents[1]
+    environment = tmp_path / "edge"
+    venv.create(environment, with_pip=True)
+    python = environment / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", f"{repository}[edge]"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    site = next((environment / "lib").glob("python*/site-packages"))
+    fitting_only = ["torch", "timm", "torchvision", "sklearn", "scipy", "matplotlib", "onnx"]
+    assert [name for name in fitting_only if (site / name).exists()] == []
+    probe = (
+        "import sys; from pathlib import Path; from anomaly.commands.cli import main; "
+        "code = main(sys.argv[1:]); "
+        "print([l for l in Path('/proc/self/status').read_text().splitlines() "
+        "if l.startswith('VmHWM')][0]); sys.exit(code)"
+    )
+    images = bundles["patchcore"].parent / "data" / "parts" / "test"
+    result = subprocess.run(
+        [
+            str(python),
+            "-c",
+            probe,
+            "score",
+            str(images),
+            "--model",
+            str(bundles["patchcore-onnxruntime"]),
+            "--out",
+            str(tmp_path / "run"),
+            "runtime.progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "scores.csv").is_file()
+    size = sum(f.stat().st_size for f in site.rglob("*") if f.is_file()) / 2**20
+    print(f"edge install {size:.0f} MB; scoring: {result.stdout.strip().splitlines()[-1]}")

@@ -85,7 +85,10 @@ class FitResult:
                 f"false-alarm rate {_rate(op.get('false_alarm_rate'), 'good')}"
             )
         if test.get("pixel_auroc") is not None:
-            lines.append(f"test pixel AUROC {test['pixel_auroc']:.4f}, AUPRO {test['aupro']:.4f}")
+            kind = f" (on {test['mask_kind']})" if test.get("mask_kind") else ""
+            lines.append(
+                f"test pixel AUROC {test['pixel_auroc']:.4f}, AUPRO {test['aupro']:.4f}{kind}"
+            )
         named = test.get("defect_types") or {}
         if named.get("accuracy") is not None:
             lines.append(

@@ -35,6 +35,8 @@ class Sample:
         split: ``"train"``, ``"val"`` or ``"test"``.
         mask_path: pixel mask of the defect (nonzero = defect), when known.
         group: a sub-population to stratify on (e.g. ELPV cell type), when known.
+        mask_kind: how coarse the mask is when it is not drawn to the pixel: ``"box masks"``
+            (rectangles from detection labels), which the pixel metrics then state.
     """
 
     path: Path
@@ -43,6 +45,7 @@ class Sample:
     split: str
     mask_path: Path | None = None
     group: str | None = None
+    mask_kind: str | None = None
 
     def __post_init__(self) -> None:
         # Frozen: normalise through object.__setattr__ so callers may pass plain strings.

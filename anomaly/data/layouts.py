@@ -1,4 +1,5 @@
-"""Load a category from a folder on disk: MVTec AD layout or plain folder layout.
+"""Load a category from a folder on disk: MVTec AD layout, plain folder layout, or (through
+:mod:`anomaly.data.yolo`) a YOLO / Ultralytics tree with ``data.yaml``.
 
 MVTec AD::
 
@@ -37,6 +38,7 @@ from typing import Any
 
 from anomaly.data.dataset import GOOD, Dataset, Sample
 from anomaly.data.splits import check_fraction, stratified_split, train_val_test_fractions
+from anomaly.data.yolo import DATA_YAML, load_yolo
 from anomaly.errors import DataError
 from anomaly.io.images import list_images
 
@@ -82,14 +84,17 @@ def detect_layout(category_dir: str | Path, good_dirs: Sequence[str] | None = No
     """Tell which on-disk layout ``category_dir`` uses.
 
     Returns:
-        ``"mvtec"`` when it has ``train/`` (or, failing that and without a good folder,
-        ``test/``); ``"folder"`` when it has ``good/`` or a folder ``good_dirs`` names.
+        ``"yolo"`` when it has ``data.yaml`` (:mod:`anomaly.data.yolo`); ``"mvtec"`` when it
+        has ``train/`` (or, failing that and without a good folder, ``test/``); ``"folder"``
+        when it has ``good/`` or a folder ``good_dirs`` names.
 
     Raises:
         DataError: the folder is missing or matches neither layout.
     """
     root = _category_root(category_dir)
     good_dirs = _check_patterns("good_dirs", good_dirs)
+    if (root / DATA_YAML).is_file():
+        return "yolo"
     if (root / "train").is_dir():
         return "mvtec"
     folders = _subdirs(root)
@@ -314,7 +319,11 @@ def load_folder(
     return Dataset(name=name or root.name, samples=tuple(samples), layout="folder")
 
 
-_LOADERS: dict[str, Callable[..., Dataset]] = {"mvtec": load_mvtec, "folder": load_folder}
+_LOADERS: dict[str, Callable[..., Dataset]] = {
+    "mvtec": load_mvtec,
+    "folder": load_folder,
+    "yolo": load_yolo,
+}
 
 
 def load_directory(category_dir: str | Path, **kwargs: Any) -> Dataset:
@@ -330,7 +339,7 @@ def load_directory(category_dir: str | Path, **kwargs: Any) -> Dataset:
     layout = detect_layout(category_dir, kwargs.get("good_dirs"))
     loader = _LOADERS[layout]
     accepted = set(inspect.signature(loader).parameters)
-    shared = {"name", "val_fraction", "test_fraction", "seed"}
+    shared = {"name", "val_fraction", "test_fraction", "seed", "cache_dir"}
     unknown = sorted(set(kwargs) - accepted - shared)
     if unknown:
         logger.warning("%s: option(s) %s ignored by the %s layout", category_dir, unknown, layout)

@@ -150,6 +150,8 @@ def load_category(
             val_fraction=val_fraction,
             test_fraction=test_fraction,
             seed=seed,
+            # Where derived files go (YOLO boxes drawn as masks), never the team's folders.
+            cache_dir=Path(data_dir).expanduser() if data_dir is not None else default_data_dir(),
             **options,
         )
     builtin = BUILTIN_CATEGORIES.get(category)

@@ -174,6 +174,11 @@ def split_metrics(
         result["aupro"] = None
         result["not_computed"]["pixel_auroc"] = reason
         result["not_computed"]["aupro"] = reason
+    kinds = sorted({s.mask_kind for s in split.samples if s.mask_kind})
+    if kinds and result["pixel_auroc"] is not None:
+        # Coarse masks (detection boxes) count every pixel of a box as defect: said with the
+        # figures, which are not comparable with those on drawn masks.
+        result["mask_kind"] = ", ".join(kinds)
     result["defect_types"] = _defect_type_scores(split)
     result["ms_per_image"] = round(split.ms_per_image, 2)
     return result

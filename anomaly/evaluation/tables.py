@@ -152,6 +152,9 @@ def evaluation_tables(rows: Sequence[Mapping[str, Any]], confidence: float) -> l
     )
     lines += _per_type_table(rows)
     lines += _defect_type_table(rows)
+    coarse = [f"{r['label']}: {r['mask_kind']}" for r in rows if r.get("mask_kind")]
+    if coarse:
+        lines += ["", f"Pixel AUROC and AUPRO computed on coarse masks ({'; '.join(coarse)})."]
     reasons: dict[str, list[str]] = {}
     for r in rows:
         for name, reason in r["not_computed"].items():

@@ -306,6 +306,20 @@ def shrink_to_fit(image: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
+def image_shape(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file from its header, without decoding the pixels.
+
+    Raises:
+        ImageReadError: the file cannot be read or is not an image Pillow knows.
+    """
+    try:
+        with Image.open(path) as image:  # lazy: reads the header only
+            width, height = image.size
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise ImageReadError(f"{path}: cannot read the image size ({error})") from error
+    return int(height), int(width)
+
+
 def load_mask(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Load a defect mask as ``(H, W)`` ``bool``: any nonzero colour sample marks a defect.
 
