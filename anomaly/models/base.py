@@ -212,7 +212,7 @@ class AnomalyModel:
                 features = self.runtime_(batch)
                 self._fit_batch(features)
                 if self.group_by is not None:  # kept for fit_samples' group classifier
-                    self._train_descriptors.append(_descriptors(features))
+                    self._train_descriptors.append(group_descriptors(features))
             self._fit_end()
             if self.group_by is None:
                 del self._train_descriptors
@@ -260,7 +260,7 @@ class AnomalyModel:
         for batch in self._batches([s.path for s in val_good], desc="groups: validation"):
             batch_scores, _, batch_features = self._score_pass(batch)
             scores.append(batch_scores)
-            features.append(_descriptors(batch_features))
+            features.append(group_descriptors(batch_features))
         self._set_group_scales(
             good,
             np.concatenate(scores) if scores else np.empty(0),
@@ -434,7 +434,7 @@ class AnomalyModel:
             features = self.runtime_(images)
             scores, patch_grids = self._score_features(features)
         if self.group_scales_ is not None:
-            descriptors = _descriptors(features)
+            descriptors = group_descriptors(features)
             scores = self.group_scales_.apply(scores, descriptors)
             patch_grids = self.group_scales_.apply(np.asarray(patch_grids), descriptors)
         maps = [
@@ -750,7 +750,7 @@ class AnomalyModel:
             yield [_as_array(image) for image in chunk]
 
 
-def _descriptors(features: dict[str, np.ndarray]) -> np.ndarray:
+def group_descriptors(features: dict[str, np.ndarray]) -> np.ndarray:
     """The group descriptors of a batch's features, as float64 ``(B, C)``."""
     return np.asarray(features["descriptors"], dtype=np.float64)
 

@@ -41,7 +41,7 @@ import numpy as np
 from anomaly.components.threads import limited_threads
 from anomaly.errors import BundleError, DataError
 from anomaly.io.tensors import tensor_text, text_tensor
-from anomaly.models.base import Prediction, _descriptors, good_subset
+from anomaly.models.base import Prediction, good_subset, group_descriptors
 from anomaly.models.patchcore import PatchCore
 
 # Fitting the heads needs scikit-learn, joblib and torch; scoring (a line PC's [edge] install)
@@ -314,7 +314,7 @@ class Hybrid(PatchCore):
             bank_scores.append(bank)
             head_scores.append(head)
             if self.group_by is not None:
-                features.append(_descriptors(batch_features))
+                features.append(group_descriptors(batch_features))
         bank_all, head_all = np.concatenate(bank_scores), np.concatenate(head_scores)
         features_all = np.concatenate(features) if features else np.empty((len(labels), 0))
         good = labels == 0
