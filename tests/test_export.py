@@ -307,3 +307,16 @@ def test_the_edge_install_scores_an_exported_bundle_without_torch(bundles, tmp_p
     assert (tmp_path / "run" / "scores.csv").is_file()
     size = sum(f.stat().st_size for f in site.rglob("*") if f.is_file()) / 2**20
     print(f"edge install {size:.0f} MB; scoring: {result.stdout.strip().splitlines()[-1]}")
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_the_thread_setting_reaches_the_exported_engine(bundles, engine):
+    """``runtime.num_threads`` at scoring time limits the engine too, not only faiss and BLAS:
+    a line PC that keeps a core free for its camera must get what it asked for."""
+    model = load_bundle(bundles[f"patchcore-{engine}"]).set_runtime(num_threads=1)
+    runtime = model.runtime_
+    if engine == "onnxruntime":
+        assert runtime.session.get_session_options().intra_op_num_threads == 1
+    else:
+        assert int(runtime.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    assert model.predict([np.zeros((64, 64, 3), np.uint8)]).scores.shape == (1,)

@@ -305,6 +305,9 @@ class AnomalyModel:
             self.batch_size = batch_size
         if num_threads is not None:
             self.num_threads = num_threads
+            # An exported graph's engine fixed its thread count when it was loaded.
+            if hasattr(self, "runtime_"):
+                self.runtime_ = self.runtime_.with_threads(num_threads)
         if progress is not None:
             self.progress = progress
         return self

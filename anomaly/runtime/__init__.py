@@ -43,3 +43,8 @@ class FeatureRuntime(Protocol):
     def describe(self) -> dict[str, Any]:
         """What a bundle's ``metadata.json`` records under ``runtime``."""
         ...
+
+    def with_threads(self, num_threads: int) -> FeatureRuntime:
+        """This runtime on ``num_threads`` threads (0 = every core): itself where the count is
+        set per call, a reloaded session where the engine fixes it at load."""
+        ...

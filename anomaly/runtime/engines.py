@@ -56,7 +56,16 @@ class _Exported:
 
     path: Path
     image_size: int
+    precision: str
+    num_threads: int
     _channels: dict[str, int] | None = None
+
+    def with_threads(self, num_threads: int) -> _Exported:
+        """The same graph on ``num_threads`` threads: ONNX Runtime and OpenVINO fix the count
+        when the session is made, so another count means loading it again."""
+        if num_threads == self.num_threads:
+            return self
+        return type(self)(self.path, self.image_size, self.precision, num_threads)
 
     def __call__(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -91,6 +100,7 @@ class OnnxRuntime(_Exported):
         except Exception as error:  # ORT raises its own error types for unreadable graphs
             raise BundleError(f"{path}: not a loadable ONNX graph ({error})") from error
         self.path, self.image_size, self.precision = path, image_size, precision
+        self.num_threads = num_threads
         self.names = [output.name for output in self.session.get_outputs()]
 
     def __call__(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -141,6 +151,7 @@ class OpenVinoRuntime(_Exported):
             )
         self.request = self.compiled.create_infer_request()
         self.path, self.image_size, self.precision = path, image_size, precision
+        self.num_threads = num_threads
         self.names = [output.get_any_name() for output in self.compiled.outputs]
 
     def __call__(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:

@@ -73,3 +73,6 @@ class TorchRuntime:
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.engine}
+
+    def with_threads(self, num_threads: int) -> TorchRuntime:
+        return self  # torch's pool is set per call (components.threads.limited_threads)
