@@ -312,10 +312,11 @@ def _parser() -> argparse.ArgumentParser:
         "export",
         help="a copy of a bundle that scores through ONNX Runtime or OpenVINO (no torch needed)",
         description="Trace the model's feature graph (normalisation, backbone, pooling) to ONNX "
-        "or OpenVINO, check it against PyTorch on the bundle's validation split (largest score "
-        "difference, verdict flips, AUROC) and save a bundle that scores with it. Search, maps, "
-        "calibration and verdicts stay the same code. Refuses to save when a validation defect "
-        "the PyTorch model rejects would pass, unless --force.",
+        "or OpenVINO, calibrate it on the bundle's validation split and check it against "
+        "PyTorch there (largest score difference, verdicts, AUROC, miss and false-alarm rates), "
+        "then save a bundle that scores with it. Search, maps, calibration and verdicts stay the "
+        "same code. Refuses to save when the exported model misses more validation defects or "
+        "its false-alarm rate rises by more than max_false_alarm_increase, unless --force.",
     )
     export.add_argument("--model", help="bundle directory to export (model)")
     export.add_argument("--format", choices=["onnx", "openvino"], help="format: onnx (default)")
@@ -327,7 +328,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", help="exported bundle directory (out)")
     export.add_argument(
-        "--force", action="store_true", help="save even if validation defects would pass"
+        "--force", action="store_true", help="save even if the exported model scores worse (force)"
     )
     _config_arguments(export, _export)
 

@@ -101,8 +101,8 @@ def parity(
         "max_abs_difference": float(difference.max()) if difference.size else 0.0,
         "max_relative_difference": float((difference / scale).max()) if difference.size else 0.0,
         "verdict_flips": int((before != after).sum()),
-        "defects_passed": int((before & ~after & (labels == 1)).sum()),
-        "good_rejected": int((~before & after & (labels == 0)).sum()),
+        "defects_passed": int((before & ~after & defects).sum()),
+        "good_rejected": int((~before & after & ~defects).sum()),
         "auroc_torch": metrics.image_auroc(labels, reference),
         "auroc_exported": metrics.image_auroc(labels, candidate),
         "miss_rate_torch": float((~before[defects]).mean()) if defects.any() else None,
@@ -148,7 +148,8 @@ def export_bundle(config: DictConfig) -> ExportResult:
     out = Path(config.out or f"{source}-{config.format}-{config.precision}")
     if out.resolve() == source.resolve():
         raise AnomalyError(f"--out {out}: the exported bundle cannot replace its source")
-    dataset = load_dataset(read_config(source))
+    source_config = read_config(source)
+    dataset = load_dataset(source_config)
     validation = dataset.select("val")
     if not validation:
         raise AnomalyError(f"{source}: its dataset has no validation images to check against")
@@ -164,7 +165,7 @@ def export_bundle(config: DictConfig) -> ExportResult:
         del exported.extractor_  # the copy scores with the exported graph only
         exported.runtime_ = runtime
         reference = score_split(model, validation)
-        candidate = calibrate_on_validation(exported, validation, read_config(source).calibration)
+        candidate = calibrate_on_validation(exported, validation, source_config.calibration)
         record = {
             "engine": runtime.engine,
             "precision": config.precision,

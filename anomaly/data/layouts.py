@@ -298,9 +298,10 @@ def load_folder(
     good_names = _check_patterns("good_dirs", good_dirs) or (GOOD,)
     defect_names = _check_patterns("defect_dirs", defect_dirs)
     good_folders = [d for d in _subdirs(root) if _matches(d.name, good_names)]
-    if good_dirs is None and not any(list_images(d) for d in good_folders):
+    has_good = any(list_images(d) for d in good_folders)
+    if good_dirs is None and not has_good:
         raise DataError(f"{root / GOOD}: no good images ({_FOLDER_HINT})")
-    if not any(list_images(d) for d in good_folders):
+    if not has_good:
         folders = ", ".join(d.name for d in _subdirs(root)) or "none"
         raise DataError(
             f"{root}: no good images in a folder matching data.good_dirs={list(good_names)} "

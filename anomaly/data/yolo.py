@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +72,14 @@ def load_yolo(
     base = base if base.is_absolute() else (root / base)
     masks_root = _masks_root(root, cache_dir)
     splits: dict[str, list[Path]] = {}
-    for split, key in (("train", "train"), ("val", "val"), ("test", "test")):
-        if config.get(key) in (None, ""):
-            if key != "test":
-                raise DataError(f"{root / DATA_YAML}: no {key!r} entry (images of the {key} split)")
+    for split in ("train", "val", "test"):
+        if config.get(split) in (None, ""):
+            if split != "test":
+                raise DataError(
+                    f"{root / DATA_YAML}: no {split!r} entry (images of the {split} split)"
+                )
             continue
-        splits[split] = _split_images(config[key], base, root / DATA_YAML, key)
+        splits[split] = _split_images(config[split], base, root / DATA_YAML, split)
     samples: list[Sample] = []
     for split, images in splits.items():
         samples += [_sample(path, split, names, masks_root, base) for path in images]
@@ -87,7 +90,7 @@ def load_yolo(
         chosen = stratified_split(
             [(s.label, s.defect_type) for s in val], {"val": share, "test": 1 - share}, seed
         )
-        samples = rest + [_moved(s, split) for s, split in zip(val, chosen, strict=True)]
+        samples = rest + [replace(s, split=split) for s, split in zip(val, chosen, strict=True)]
     if not any(s.split == "train" and s.label == 0 for s in samples):
         raise DataError(f"{root / DATA_YAML}: no good train images (train images without objects)")
     return Dataset(name=name or root.name, samples=tuple(samples), layout="yolo")
@@ -227,17 +230,6 @@ def _sample(image: Path, split: str, names: dict[int, str], masks_root: Path, ba
         split=split,
         mask_path=mask_path,
         mask_kind=note,
-    )
-
-
-def _moved(sample: Sample, split: str) -> Sample:
-    return Sample(
-        path=sample.path,
-        label=sample.label,
-        defect_type=sample.defect_type,
-        split=split,
-        mask_path=sample.mask_path,
-        mask_kind=sample.mask_kind,
     )
 
 

@@ -12,6 +12,7 @@ at and the engine is told to use exactly that.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,9 +42,8 @@ _INSTALL = {
 
 
 def _import_engine(engine: str) -> Any:
-    module = "onnxruntime" if engine == "onnxruntime" else "openvino"
     try:
-        return __import__(module)
+        return importlib.import_module(engine)  # the engines' names are their modules
     except ImportError as error:
         raise UnsupportedError(
             f"this bundle's feature graph runs on {engine}, which is not installed: "
