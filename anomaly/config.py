@@ -106,6 +106,14 @@ class BaselineConfig:
 
 
 @dataclass
+class TilingConfig:
+    """Square tiles of the original image (patchcore, padim): see anomaly.components.tiling."""
+
+    tile_size: int | None = None  # pixels of the original image; null = no tiling
+    stride: int | None = None  # pixels between tiles; null = tile_size (no overlap)
+
+
+@dataclass
 class CalibrationConfig:
     target_miss_rate: float = 0.05
     fallback_false_alarm_rate: float = 0.05
@@ -126,7 +134,11 @@ class FitConfig:
     """``anomaly fit``: fit, calibrate and save one model for one category."""
 
     model: str = "patchcore"
-    image_size: int = 256
+    image_size: int = 256  # the model's square input; whole images are squashed to it
+    # Keep the image's aspect ratio: cover it with squares of its short side, each resized to
+    # image_size (patchcore, padim). tiling.tile_size sets smaller squares.
+    keep_aspect: bool = False
+    tiling: TilingConfig = field(default_factory=TilingConfig)
     out: str | None = None  # bundle directory; default runs/<category>/<model>
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)

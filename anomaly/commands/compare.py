@@ -50,7 +50,7 @@ from anomaly.models.base import AnomalyModel
 logger = logging.getLogger(__name__)
 
 #: Config sections that decide what a bundle learned: a bundle is reused only when they match.
-_MODEL_KEYS = ("image_size", "backbone", "calibration")
+_MODEL_KEYS = ("image_size", "keep_aspect", "tiling", "backbone", "calibration")
 #: Data keys that change the training set without changing the split fingerprints.
 _DATA_KEYS = ("max_train_images", "include_uncertain", "group_by")
 #: Miss rates at which the table reports the false-alarm rate.

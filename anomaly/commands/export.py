@@ -156,7 +156,9 @@ def export_bundle(config: DictConfig) -> ExportResult:
     calibration_images = []
     if config.precision == "int8":  # activation ranges from the model's own good train images
         good = good_subset(dataset.select("train"), config.int8_images, seed=0)
-        calibration_images = [load_image(sample.path) for sample in good]
+        calibration_images = [
+            tile for sample in good for tile in model.input_tiles(load_image(sample.path))
+        ]
     with tempfile.TemporaryDirectory(prefix="anomaly-export-") as work:
         runtime = export_features(
             model, config.format, config.precision, Path(work), calibration_images
@@ -178,7 +180,7 @@ def export_bundle(config: DictConfig) -> ExportResult:
             ),
         }
         if calibration_images:
-            record["int8_calibration_images"] = len(calibration_images)
+            record["int8_calibration_images"] = len(good)
         problem = _worse(record, config.max_false_alarm_increase)
         if problem and not config.force:
             raise AnomalyError(

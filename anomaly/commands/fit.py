@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly.artifacts.bundle import bundle_size_bytes, load_bundle, read_config, save_bundle
 from anomaly.commands.score import collect_files
+from anomaly.components.tiling import Tiling, untiled_model_error
 from anomaly.config import to_yaml
 from anomaly.data import load_dataset
 from anomaly.data.dataset import Dataset, Sample
@@ -38,6 +39,13 @@ def build_model(config: DictConfig) -> AnomalyModel:
     name = config.model
     cls = model_class(name)
     specific = OmegaConf.to_container(config[name], resolve=True) if name in config else {}
+    tiling = Tiling(config.tiling.tile_size, config.tiling.stride, config.keep_aspect).check()
+    if cls.tiles_images:
+        specific.update(
+            tile_size=tiling.tile_size, tile_stride=tiling.stride, keep_aspect=tiling.keep_aspect
+        )
+    elif tiling.active:
+        raise untiled_model_error(name)
     return cls(
         backbone=config.backbone.name,
         layers=None if config.backbone.layers is None else list(config.backbone.layers),

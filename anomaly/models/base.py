@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 
 from anomaly.components.groups import GroupScales
-from anomaly.components.maps import anomaly_map
+from anomaly.components.maps import anomaly_map, stitched_anomaly_map
 from anomaly.components.threads import limited_threads
+from anomaly.components.tiling import Box, Tiling, cut_tiles, untiled_model_error
 from anomaly.decision import calibration as calibration_module
 from anomaly.decision import verdict as verdict_rule
 from anomaly.errors import BundleError, ConfigError, DataError, NotFittedError, UnsupportedError
@@ -137,6 +138,19 @@ class AnomalyModel:
     defect_types_: tuple[str, ...] = ()
     #: Per-group score scales (``group_by``), None when the model was fitted without groups.
     group_scales_: GroupScales | None = None
+    #: True for models that can cut images into tiles (:mod:`anomaly.components.tiling`);
+    #: such a model takes ``tile_size``, ``tile_stride`` and ``keep_aspect`` in ``__init__``.
+    tiles_images: ClassVar[bool] = False
+    #: True for models whose statistics belong to a position in the image (PaDiM): tiled,
+    #: every image must then have the training images' number of tiles.
+    position_aware: ClassVar[bool] = False
+    # Tiling parameters, for models that take none (whole images, squashed).
+    tile_size: int | None = None
+    tile_stride: int | None = None
+    keep_aspect: bool = False
+    #: The tiling as fitted (:meth:`Tiling.describe` of the first training image); None when
+    #: images are squashed whole.
+    tiling_: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ parameters
     def __init__(
@@ -205,14 +219,19 @@ class AnomalyModel:
             started = time.perf_counter()
             self.extractor_ = self._make_extractor()
             self.runtime_ = self._torch_runtime()
+            tiling = self.tiling()
+            # Set before _fit_begin: a position-aware model sizes its statistics by it.
+            self.tiling_ = (
+                tiling.describe(*_as_array(images[0]).shape[:2]) if tiling.active else None
+            )
             self._fit_begin()
             self.group_scales_ = None
             self._train_descriptors: list[np.ndarray] = []
             for batch in self._batches(images, desc=f"{self.model_name}: features"):
-                features = self.runtime_(batch)
-                self._fit_batch(features)
-                if self.group_by is not None:  # kept for fit_samples' group classifier
-                    self._train_descriptors.append(group_descriptors(features))
+                for _, features in self._features(batch):
+                    self._fit_batch(features)
+                    if self.group_by is not None:  # kept for fit_samples' group classifier
+                        self._train_descriptors.append(group_descriptors(features))
             self._fit_end()
             if self.group_by is None:
                 del self._train_descriptors
@@ -433,18 +452,115 @@ class AnomalyModel:
         self.check_is_fitted()
         if not images:
             return np.empty(0), [], {}
+        if self.tiling_ is None:
+            features, scores, patch_grids = self._score_group(images)
+            maps = [
+                anomaly_map(grid, self.image_size, image.shape[:2], self.blur_sigma)
+                for grid, image in zip(patch_grids, images, strict=True)
+            ]
+            return scores, maps, features
+        # Tiled: each run of images with the same number of tiles is scored together.
+        scores, maps = np.empty(len(images)), []
+        vectors: dict[str, list[np.ndarray]] = {}
+        start = 0
+        for boxes, features in self._features(images):
+            stop = start + len(boxes)
+            scores[start:stop], grids = self._scores(features)
+            for grid, image, image_boxes in zip(grids, images[start:stop], boxes, strict=True):
+                tiles = grid.reshape(len(image_boxes), -1, grid.shape[-1])  # (T, h, w)
+                maps.append(
+                    stitched_anomaly_map(
+                        tiles, image_boxes, self.image_size, image.shape[:2], self.blur_sigma
+                    )
+                )
+            for name, value in features.items():
+                if value.ndim == 2:  # per-image vectors (group descriptors) stay comparable
+                    vectors.setdefault(name, []).append(value)
+            start = stop
+        return scores, maps, {name: np.concatenate(parts) for name, parts in vectors.items()}
+
+    def _score_group(
+        self, images: Sequence[np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Features, scores and patch grids of whole (untiled) images."""
         with limited_threads(self.num_threads):
             features = self.runtime_(images)
+        return (features, *self._scores(features))
+
+    def _scores(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Image scores and patch grids of a batch's features, group scales applied."""
+        with limited_threads(self.num_threads):
             scores, patch_grids = self._score_features(features)
         if self.group_scales_ is not None:
             descriptors = group_descriptors(features)
             scores = self.group_scales_.apply(scores, descriptors)
             patch_grids = self.group_scales_.apply(np.asarray(patch_grids), descriptors)
-        maps = [
-            anomaly_map(grid, self.image_size, image.shape[:2], self.blur_sigma)
-            for grid, image in zip(patch_grids, images, strict=True)
-        ]
-        return scores, maps, features
+        return scores, patch_grids
+
+    # ------------------------------------------------------------------ tiles
+    def tiling(self) -> Tiling:
+        """How this model turns an image into its square inputs (checked)."""
+        return Tiling(self.tile_size, self.tile_stride, self.keep_aspect).check()
+
+    def _features(
+        self, images: Sequence[np.ndarray]
+    ) -> Iterator[tuple[list[list[Box]], dict[str, np.ndarray]]]:
+        """The model's features of a batch of images, with each image's tile boxes.
+
+        Untiled: one item, the runtime's features of the whole batch. Tiled: one item per run
+        of consecutive images with the same number of tiles (order kept); an image's ``T``
+        tiles are stacked along the height of its feature maps (``(B, C, T h, w)``), so each
+        model's scoring covers every tile of an image as one grid, and per-image vectors
+        (``(B*T, C)``) are averaged over the image's tiles.
+        """
+        tiling = self.tiling()
+        if not tiling.active:
+            yield [[Box(0, 0, *image.shape[:2])] for image in images], self.runtime_(images)
+            return
+        boxes = [tiling.boxes(*image.shape[:2]) for image in images]
+        start = 0
+        while start < len(images):
+            count = len(boxes[start])
+            stop = start
+            while stop < len(images) and len(boxes[stop]) == count:
+                stop += 1
+            self._check_tile_count(count, images[start].shape[:2])
+            tiles = [
+                tile
+                for image, image_boxes in zip(images[start:stop], boxes[start:stop], strict=True)
+                for tile in cut_tiles(image, image_boxes)
+            ]
+            with limited_threads(self.num_threads):
+                # Tiles in chunks of batch_size: memory stays that of one batch of images.
+                parts = [
+                    self.runtime_(tiles[i : i + self.batch_size])
+                    for i in range(0, len(tiles), self.batch_size)
+                ]
+            yield (
+                boxes[start:stop],
+                {
+                    name: _stack_tiles(np.concatenate([p[name] for p in parts]), count)
+                    for name in parts[0]
+                },
+            )
+            start = stop
+
+    def input_tiles(self, image: np.ndarray) -> list[np.ndarray]:
+        """What the feature graph sees of ``image`` before resizing: its tiles, or the whole
+        image when the model does not tile (int8 calibration feeds the graph these)."""
+        return cut_tiles(image, self.tiling().boxes(*image.shape[:2]))
+
+    def _check_tile_count(self, count: int, shape: tuple[int, ...]) -> None:
+        """A position-aware model scores only images with its training images' tile count."""
+        fitted = self.tiling_
+        if self.position_aware and fitted and count != fitted["tiles_per_image"]:
+            height, width = fitted["image_shape"]
+            raise DataError(
+                f"{self.model_name} learned statistics for each of the {fitted['tiles_per_image']}"
+                f" tile positions of its {height}x{width} training images; an image of "
+                f"{shape[0]}x{shape[1]} pixels gives {count} tiles: score images of the training "
+                "size, or fit with patchcore (position-free)"
+            )
 
     def _prediction(
         self,
@@ -550,6 +666,7 @@ class AnomalyModel:
                 "fit_seconds": round(self.fit_seconds_, 3),
             },
             "calibration": None if calibration is None else calibration.to_dict(),
+            **({} if self.tiling_ is None else {"tiling": self.tiling_}),
         }
 
     @classmethod
@@ -600,6 +717,12 @@ class AnomalyModel:
         model.backbone_sha256_ = expected_weights
         model.weights_source_ = metadata["backbone"].get("weights_source", "")
         model._check_loaded_state(bundle_dir)
+        model.tiling_ = metadata.get("tiling")
+        if (model.tiling_ is None) == model.tiling().active:
+            raise BundleError(
+                f"{bundle_dir}: the parameters and the recorded tiling disagree "
+                f"(tiling {model.tiling_!r})"
+            )
         model.n_train_images_ = metadata["training"]["n_images"]
         model.fit_seconds_ = metadata["training"]["fit_seconds"]
         calibration = metadata.get("calibration")
@@ -633,6 +756,8 @@ class AnomalyModel:
                 f"data.group_by={self.group_by!r}: expected one of "
                 f"{', '.join(repr(v) for v in GROUP_BY)}"
             )
+        if self.tiling().active and not self.tiles_images:
+            raise untiled_model_error(self.model_name)
 
     def _fit_begin(self) -> None:
         """Prepare to learn; ``extractor_`` is built already."""
@@ -749,8 +874,20 @@ class AnomalyModel:
         return TorchRuntime(self.extractor_, self.embed, self.image_size)
 
     def _batches(self, images: list[ImageInput], desc: str) -> Iterator[list[np.ndarray]]:
-        for chunk in batches(images, self.batch_size, desc, self.progress):
+        tiles = self.tiling_["tiles_per_image"] if self.tiling_ else 1
+        for chunk in batches(images, self.batch_size, desc, self.progress, tiles_per_item=tiles):
             yield [_as_array(image) for image in chunk]
+
+
+def _stack_tiles(values: np.ndarray, count: int) -> np.ndarray:
+    """``(B*T, C, h, w)`` tile features -> ``(B, C, T h, w)``; ``(B*T, C)`` -> tile mean."""
+    if values.ndim == 2:
+        return values.reshape(-1, count, values.shape[1]).mean(axis=1)
+    tiles, channels, height, width = values.shape
+    grouped = values.reshape(tiles // count, count, channels, height, width)
+    return np.ascontiguousarray(grouped.transpose(0, 2, 1, 3, 4)).reshape(
+        tiles // count, channels, count * height, width
+    )
 
 
 def group_descriptors(features: dict[str, np.ndarray]) -> np.ndarray:

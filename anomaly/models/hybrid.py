@@ -78,6 +78,7 @@ class Hybrid(PatchCore):
     model_name: ClassVar[str] = "hybrid"
     supervised: ClassVar[bool] = True  # learns from defect labels as well as good images
     incremental: ClassVar[bool] = False  # new good images would shift the fused score's scale
+    tiles_images: ClassVar[bool] = False  # its head pools whole images (not tiled yet)
 
     def __init__(
         self,
@@ -95,6 +96,9 @@ class Hybrid(PatchCore):
         head_layers: Sequence[int] = (1, 2, 3, 4),
         min_defects: int = 2,
         fusion_confidence: float = 0.95,
+        tile_size: int | None = None,
+        tile_stride: int | None = None,
+        keep_aspect: bool = False,
         blur_sigma: float = 4.0,
         group_by: str | None = None,
         batch_size: int = 8,

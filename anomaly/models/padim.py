@@ -73,6 +73,9 @@ class PaDiM(AnomalyModel):
             good images barely vary (and to damp directions seen in few images).
         memory_budget_mb: refuse to fit when the estimated fit memory (see
             :func:`padim_memory_bytes`) exceeds this many MiB.
+        tile_size, tile_stride, keep_aspect: cut images into square tiles (see
+            :mod:`anomaly.components.tiling`): one Gaussian per position of every tile, so
+            memory grows with the tile count and every image must have the training size.
         Other arguments: see :class:`anomaly.models.base.AnomalyModel`.
     """
 
@@ -81,6 +84,8 @@ class PaDiM(AnomalyModel):
     # stride-4 grid localises small defects; the deeper stages add context, as in the paper's
     # first three ResNet stages.
     default_layers: ClassVar[tuple[int, ...]] = (1, 2, 3)
+    tiles_images: ClassVar[bool] = True  # one Gaussian per position of every tile
+    position_aware: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -91,6 +96,9 @@ class PaDiM(AnomalyModel):
         n_features: int = 100,
         covariance_epsilon: float = 0.01,
         memory_budget_mb: float = 1024.0,
+        tile_size: int | None = None,
+        tile_stride: int | None = None,
+        keep_aspect: bool = False,
         blur_sigma: float = 4.0,
         group_by: str | None = None,
         batch_size: int = 8,
@@ -177,7 +185,10 @@ class PaDiM(AnomalyModel):
         batch = preprocess([blank], self.image_size, self.extractor_.mean, self.extractor_.std)
         with torch.inference_mode():
             maps = self.extractor_(batch)
-        return sum(m.shape[1] for m in maps), *maps[0].shape[-2:]
+        height, width = maps[0].shape[-2:]
+        # Tiled, an image's tiles are stacked along the height (models.base._features).
+        tiles = self.tiling_["tiles_per_image"] if self.tiling_ else 1
+        return sum(m.shape[1] for m in maps), tiles * height, width
 
     def _embed(self, feature_maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The stages stacked on the finest grid, the chosen channels: ``(B, d, h, w)``."""

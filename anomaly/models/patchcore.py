@@ -46,6 +46,9 @@ class PatchCore(AnomalyModel):
         index: ``"flat"`` (exact search) or ``"hnsw"`` (approximate, for very large banks).
         ef_search: HNSW's candidates per query (``index="hnsw"`` only): lower is faster and less
             exact.
+        tile_size, tile_stride, keep_aspect: cut images into square tiles (see
+            :mod:`anomaly.components.tiling`); the bank holds every tile's patches and the
+            image score is the largest patch score over all of an image's tiles.
         Other arguments: see :class:`anomaly.models.base.AnomalyModel`.
     """
 
@@ -53,6 +56,7 @@ class PatchCore(AnomalyModel):
     default_layers: ClassVar[tuple[int, ...]] = (2, 3)
     extra_files: ClassVar[tuple[str, ...]] = (BANK_FILE,)
     incremental: ClassVar[bool] = True  # the memory bank grows in place (partial_fit)
+    tiles_images: ClassVar[bool] = True  # one bank over every tile's patches
 
     def __init__(
         self,
@@ -67,6 +71,9 @@ class PatchCore(AnomalyModel):
         num_neighbors: int = 9,
         index: str = "flat",
         ef_search: int = 64,
+        tile_size: int | None = None,
+        tile_stride: int | None = None,
+        keep_aspect: bool = False,
         blur_sigma: float = 4.0,
         group_by: str | None = None,
         batch_size: int = 8,
@@ -172,7 +179,8 @@ class PatchCore(AnomalyModel):
             self._fit_begin()
             self._coreset.prime(torch.from_numpy(self.memory_bank_.all_vectors()))
             for batch in self._batches(images, desc=f"{self.model_name}: adding"):
-                self._fit_batch(self.runtime_(batch))
+                for _, features in self._features(batch):
+                    self._fit_batch(features)
             self._flush()
             self.memory_bank_.add(self._coreset.bank().numpy())
         self.n_train_patches_ = getattr(self, "n_train_patches_", 0) + self._coreset.n_seen
