@@ -287,7 +287,7 @@ def test_unknown_category_lists_what_exists(tmp_path: Path, mvtec_category: Path
     (root / "notes").mkdir()
     with pytest.raises(
         DataError,
-        match=rf"unknown category 'nope': built-in categories are elpv, sealant; "
+        match=rf"unknown category 'nope': built-in categories are elpv, sealant, sealant_line; "
         rf"found in {re.escape(str(root))}: notes, widget$",
     ):
         load_category("nope", root)
@@ -311,10 +311,11 @@ def test_list_categories(mvtec_category: Path) -> None:
     assert [(c["name"], c["source"], c["layout"]) for c in categories] == [
         ("elpv", "built-in", "elpv"),
         ("sealant", "built-in", "mvtec"),
+        ("sealant_line", "built-in", "mvtec"),
         ("widget", str(root), "mvtec"),
     ]
     assert all(set(c) == {"name", "source", "layout", "description"} for c in categories)
-    assert [c["name"] for c in list_categories()] == ["elpv", "sealant"]
+    assert [c["name"] for c in list_categories()] == ["elpv", "sealant", "sealant_line"]
 
 
 def test_a_folder_fit_does_not_warn_about_options_nobody_set(tmp_path, caplog):

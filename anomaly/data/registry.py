@@ -81,6 +81,13 @@ BUILTIN_CATEGORIES: dict[str, BuiltinCategory] = {
             loader="anomaly.data.builtin.sealant:load_sealant",
             layout="mvtec",
         ),
+        BuiltinCategory(
+            name="sealant_line",
+            description="procedurally generated long sealant parts in 2048x640 images, defects "
+            "down to a few hundred pixels (MVTec AD layout, pixel masks; for tiling)",
+            loader="anomaly.data.builtin.sealant:load_sealant_line",
+            layout="mvtec",
+        ),
     )
 }
 

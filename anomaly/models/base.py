@@ -508,7 +508,8 @@ class AnomalyModel:
         """The model's features of a batch of images, with each image's tile boxes.
 
         Untiled: one item, the runtime's features of the whole batch. Tiled: one item per run
-        of consecutive images with the same number of tiles (order kept); an image's ``T``
+        of consecutive images with the same number of tiles, of at most ``batch_size`` tiles
+        (or one image) each, in order; an image's ``T``
         tiles are stacked along the height of its feature maps (``(B, C, T h, w)``), so each
         model's scoring covers every tile of an image as one grid, and per-image vectors
         (``(B*T, C)``) are averaged over the image's tiles.
@@ -521,8 +522,11 @@ class AnomalyModel:
         start = 0
         while start < len(images):
             count = len(boxes[start])
+            # At most batch_size tiles' worth of images at once: the numpy scoring after the
+            # graph (PatchCore's queries, PaDiM's products) then holds one batch, not T.
+            limit = start + max(1, self.batch_size // count)
             stop = start
-            while stop < len(images) and len(boxes[stop]) == count:
+            while stop < min(limit, len(images)) and len(boxes[stop]) == count:
                 stop += 1
             self._check_tile_count(count, images[start].shape[:2])
             tiles = [

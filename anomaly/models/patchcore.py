@@ -39,7 +39,8 @@ class PatchCore(AnomalyModel):
     Args:
         coreset_ratio: share of training patches kept in the memory bank, in (0, 1].
         projection_dim: dimension of the random projection the coreset distances use.
-        chunk_images: images per streaming coreset chunk (memory and time grow linearly).
+        chunk_images: images (tiles, when tiling) per streaming coreset chunk (memory and time
+            grow linearly).
         feature_dim: patch features wider than this are averaged down to it.
         num_neighbors: neighbours of the nearest bank vector used to re-weight the image score
             (1 disables re-weighting).
@@ -117,7 +118,8 @@ class PatchCore(AnomalyModel):
         patches = features["patches"]
         self.patch_grid_ = tuple(int(v) for v in patches.shape[-2:])
         self._pending.append(_flatten(patches))
-        self._pending_images += patches.shape[0]
+        # Tiles count as images: a chunk holds chunk_images tiles' patches, whatever the tiling.
+        self._pending_images += patches.shape[0] * (self.tiling_ or {}).get("tiles_per_image", 1)
         if self._pending_images >= max(1, self.chunk_images):
             self._flush()
 

@@ -1,6 +1,10 @@
 """The ``sealant`` category on disk: which images, their seeds, and a cache that knows its version.
 
-The category is written once in the MVTec AD layout with our ``validation/`` and
+The machinery (:func:`generate_category`, :func:`ensure_category`) serves every generated
+category: a spec (:class:`SealantSpec` here, ``SealantLineSpec`` in ``line.py``) names the
+category, renders one image and gives the record its cache is checked against.
+
+A category is written once in the MVTec AD layout with our ``validation/`` and
 ``train/<defect>/`` extensions (see ``docs/architecture.md``), next to a ``VERSION`` record of
 everything its pixels depend on, and is regenerated only when that record changes (generator
 version, seed, size or counts). Each image's seed comes from (seed, split, type, index) alone,
@@ -22,7 +26,7 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import cv2
 import numpy as np
@@ -64,6 +68,32 @@ class SealantCounts:
     test_defect: int = 6
 
 
+class CategorySpec(Protocol):
+    """A generated category as the cache sees it: its name, its images, and its record.
+
+    Implementations are frozen dataclasses, so a spec travels to worker processes as is and
+    two specs of the same category are equal exactly when their images are.
+    """
+
+    category: ClassVar[str]  # folder name under the data directory
+    seed: int
+    counts: SealantCounts
+
+    def record(self) -> dict[str, Any]:
+        """The ``VERSION`` file's content; a cached copy is reused only when it is equal."""
+        ...
+
+    def render(
+        self, seed: int, defect: str | None, severity: float | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Image and mask of one part of this category (as :func:`render_part`)."""
+        ...
+
+    def frame(self) -> tuple[int, int]:
+        """Image ``(width, height)``, for log lines."""
+        ...
+
+
 @dataclass(frozen=True)
 class SealantSpec:
     """Everything a generated category's pixels depend on, besides ``SEALANT_VERSION``.
@@ -72,9 +102,20 @@ class SealantSpec:
     written and the one a cached copy is checked against cannot drift apart.
     """
 
+    category: ClassVar[str] = CATEGORY
     seed: int = 0
     size: int = 256
     counts: SealantCounts = field(default_factory=SealantCounts)
+
+    def render(
+        self, seed: int, defect: str | None, severity: float | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One square part, :func:`render_part` at this spec's size."""
+        return render_part(seed, self.size, defect, severity)
+
+    def frame(self) -> tuple[int, int]:
+        """Image ``(width, height)``."""
+        return self.size, self.size
 
     def record(self) -> dict[str, Any]:
         """The ``VERSION`` file's content; a cached copy is reused only when it is equal."""
@@ -125,14 +166,14 @@ def _jobs(seed: int, counts: SealantCounts) -> list[_Job]:
     return jobs
 
 
-def _run_chunk(root: Path, size: int, jobs: list[_Job]) -> int:
+def _run_chunk(root: Path, spec: CategorySpec, jobs: list[_Job]) -> int:
     """Render and write ``jobs`` under ``root``; a worker process's whole task.
 
     Only folders that get images are made (by the writer): the loader warns about empty class
     folders.
     """
     for job in jobs:
-        image, mask = render_part(job.seed, size, job.defect, job.severity)
+        image, mask = spec.render(job.seed, job.defect, job.severity)
         kind = job.defect or "good"
         write_png_atomic(root / job.folder / kind / f"{job.stem}.png", image)
         if job.defect is not None:
@@ -146,16 +187,16 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)
 
 
-def _render_all(root: Path, size: int, jobs: list[_Job], workers: int) -> None:
+def _render_all(root: Path, spec: CategorySpec, jobs: list[_Job], workers: int) -> None:
     if workers <= 1 or len(jobs) < _PARALLEL_MIN_JOBS:
-        _run_chunk(root, size, jobs)
+        _run_chunk(root, spec, jobs)
         return
     # spawn, not fork: a forked child can hang in OpenCV's thread pool once the parent has used
     # it. Interleaved chunks balance the cheap good and the twice-rendered defect images.
     chunks = [jobs[i::workers] for i in range(workers)]
     context = mp.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-        for future in [pool.submit(_run_chunk, root, size, chunk) for chunk in chunks]:
+        for future in [pool.submit(_run_chunk, root, spec, chunk) for chunk in chunks]:
             future.result()
 
 
@@ -166,7 +207,7 @@ def _read_version(category_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _install(staging: Path, target: Path, spec: SealantSpec) -> None:
+def _install(staging: Path, target: Path, spec: CategorySpec) -> None:
     """Move the finished ``staging`` folder to ``target``, replacing what is there.
 
     Two processes may generate the same category at once (two runs on a fresh data folder);
@@ -178,58 +219,67 @@ def _install(staging: Path, target: Path, spec: SealantSpec) -> None:
     except OSError:
         if _read_version(target) != spec.record():
             raise
-        logger.debug("another process installed the same sealant category at %s first", target)
+        logger.debug("another process installed the same %s at %s first", spec.category, target)
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def generate_sealant(out_dir: Path, spec: SealantSpec | None = None, *, workers: int = 1) -> Path:
-    """Generate the category into ``out_dir/sealant`` (replacing it) and return that folder.
+def generate_category(out_dir: Path, spec: CategorySpec, *, workers: int = 1) -> Path:
+    """Generate ``spec``'s category into ``out_dir/<category>`` (replacing it); return that folder.
 
     Images go to a staging folder next to the target, which is then renamed into place, so a
     reader never sees a half-written category and an interrupted run leaves the old one intact.
     ``workers`` > 1 renders in that many spawned processes (when there are at least
     ``_PARALLEL_MIN_JOBS`` images). The default is 1: on 2 free cores two workers halve the
-    ~20 s of a full set, on a busy machine they gain nothing, and spawned workers re-import
-    the caller's ``__main__``, which fails in scripts without an ``if __name__ == "__main__"``
-    guard. (fork is not used: a forked child can hang in OpenCV's thread pool.)
+    ~20 s of a full ``sealant`` set, on a busy machine they gain nothing, and spawned workers
+    re-import the caller's ``__main__``, which fails in scripts without an ``if __name__ ==
+    "__main__"`` guard. (fork is not used: a forked child can hang in OpenCV's thread pool.)
     """
-    spec = spec or SealantSpec()
-    target = Path(out_dir) / CATEGORY
+    target = Path(out_dir) / spec.category
     jobs = _jobs(spec.seed, spec.counts)
     started = time.perf_counter()
     staging = make_staging_dir(target)
     try:
-        _render_all(staging, spec.size, jobs, workers)
+        _render_all(staging, spec, jobs, workers)
         write_text_atomic(staging / VERSION_FILE, json.dumps(spec.record(), indent=2) + "\n")
         _install(staging, target, spec)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info(
-        "generated %d sealant images (v%s, seed %d, %d px) in %s in %.1f s",
+        "generated %d %s images (v%s, seed %d, %dx%d px) in %s in %.1f s",
         len(jobs),
-        SEALANT_VERSION,
+        spec.category,
+        spec.record()["version"],
         spec.seed,
-        spec.size,
+        *spec.frame(),
         target,
         time.perf_counter() - started,
     )
     return target
 
 
-def ensure_sealant(data_dir: Path, spec: SealantSpec | None = None, *, workers: int = 1) -> Path:
-    """Return ``data_dir/sealant``, generating it first if missing or from another spec/version."""
-    spec = spec or SealantSpec()
-    target = Path(data_dir) / CATEGORY
+def ensure_category(data_dir: Path, spec: CategorySpec, *, workers: int = 1) -> Path:
+    """Return ``data_dir/<category>``, generating it first if missing or from another record."""
+    target = Path(data_dir) / spec.category
     found = _read_version(target)
     if found == spec.record():
-        logger.debug("reusing sealant category at %s", target)
+        logger.debug("reusing %s category at %s", spec.category, target)
         return target
     if found is None and target.exists():
         logger.info("%s has no readable %s; regenerating", target, VERSION_FILE)
     elif found is not None:
         logger.info("%s was generated by %s; regenerating", target, found)
-    return generate_sealant(data_dir, spec, workers=workers)
+    return generate_category(data_dir, spec, workers=workers)
+
+
+def generate_sealant(out_dir: Path, spec: SealantSpec | None = None, *, workers: int = 1) -> Path:
+    """Generate the category into ``out_dir/sealant`` (see :func:`generate_category`)."""
+    return generate_category(out_dir, spec or SealantSpec(), workers=workers)
+
+
+def ensure_sealant(data_dir: Path, spec: SealantSpec | None = None, *, workers: int = 1) -> Path:
+    """Return ``data_dir/sealant``, generating it first if missing or from another spec/version."""
+    return ensure_category(data_dir, spec or SealantSpec(), workers=workers)
 
 
 def load_sealant(

@@ -7,7 +7,11 @@ displaced stretch is just a change of those points and radii, and the result sta
 Shading is Lambert + Blinn-Phong from normals of the height map, with a soft ambient occlusion
 at the bead foot, then a lighting gradient, vignetting, a slight optical blur and sensor noise
 (read + shot). Any change here that moves a pixel for a given seed must bump
-``SEALANT_VERSION`` (in ``cache.py``) so cached copies regenerate.
+``SEALANT_VERSION`` (in ``cache.py``) and ``SEALANT_LINE_VERSION`` (in ``line.py``) so cached
+copies regenerate.
+
+Everything here works on a ``height x width`` frame; :func:`render_part` draws the square
+``sealant`` part and :func:`render_line_part` the long ``sealant_line`` one, the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from anomaly.data.builtin.sealant.scene import (
     BeadPath,
     Scene,
     bead_path,
+    draw_line_scene,
     draw_scene,
     mounting_holes,
     part_grid,
@@ -118,22 +123,23 @@ def _bead_line(
     return points, radii, peaks
 
 
-def _texture(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
-    """Zero-mean, unit-std smooth noise with correlation length about ``sigma`` pixels."""
+def _texture(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Zero-mean, unit-std smooth noise of ``(height, width)`` with correlation ~``sigma`` px."""
+    height, width = shape
     if sigma >= 3:
         # Low-frequency noise is drawn coarse and upsampled: much cheaper than a wide blur.
-        coarse = max(4, math.ceil(size / sigma))
-        noise = rng.standard_normal((coarse, coarse), dtype=np.float32)
-        smooth = cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC)
+        coarse = (max(4, math.ceil(height / sigma)), max(4, math.ceil(width / sigma)))
+        noise = rng.standard_normal(coarse, dtype=np.float32)
+        smooth = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
     else:
-        noise = rng.standard_normal((size, size), dtype=np.float32)
+        noise = rng.standard_normal(shape, dtype=np.float32)
         smooth = cv2.GaussianBlur(noise, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     return (smooth - smooth.mean()) / (smooth.std() + 1e-6)
 
 
 def _materials(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Part height map, albedo, specular strength and shininess without the bead."""
-    size, k = scene.size, scene.scale
+    shape, k = (scene.height, scene.width), scene.scale
     rng = np.random.default_rng(scene.texture_seed)
     u, v = part_grid(scene)
 
@@ -155,20 +161,24 @@ def _materials(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
     # Brushed finish: fine noise stretched along the part's u axis, plus cast mottling.
     # Drawn axis-aligned on a padded canvas (box blurs are cheap), then turned with the part.
-    pad = size // 8
-    canvas = size + 2 * pad
-    brushed = rng.standard_normal((canvas, canvas), dtype=np.float32)
+    # The pad covers what a small turn brings into view (the long part turns at most 1.2 deg).
+    pad = min(shape) // 8
+    canvas = (scene.height + 2 * pad, scene.width + 2 * pad)
+    brushed = rng.standard_normal(canvas, dtype=np.float32)
     streak = max(3, int(30 * k)) | 1
     brushed = cv2.blur(cv2.blur(brushed, (streak, 1)), (streak, 1))
     brushed = cv2.GaussianBlur(brushed, (0, 0), sigmaX=0.1, sigmaY=0.6 * k)
     brushed /= brushed.std() + 1e-6
-    rot = cv2.getRotationMatrix2D((canvas / 2, canvas / 2), -math.degrees(scene.angle), 1.0)
+    middle = (canvas[1] / 2, canvas[0] / 2)
+    rot = cv2.getRotationMatrix2D(middle, -math.degrees(scene.angle), 1.0)
     rot[:, 2] -= pad
-    brushed = cv2.warpAffine(brushed, rot, (size, size), borderMode=cv2.BORDER_REFLECT)
-    mottling = _texture(rng, size, 24 * k)
-    grain = _texture(rng, size, 0.7 * k)
+    brushed = cv2.warpAffine(
+        brushed, rot, (scene.width, scene.height), borderMode=cv2.BORDER_REFLECT
+    )
+    mottling = _texture(rng, shape, 24 * k)
+    grain = _texture(rng, shape, 0.7 * k)
     metal = 1 + 0.035 * brushed + 0.05 * mottling + 0.012 * grain
-    back = 1 + 0.09 * _texture(rng, size, 6 * k) + 0.05 * grain
+    back = 1 + 0.09 * _texture(rng, shape, 6 * k) + 0.05 * grain
 
     part_rgb = np.asarray(scene.part_color, np.float32)
     back_rgb = np.asarray(scene.background_color, np.float32)
@@ -183,8 +193,9 @@ def _materials(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 def _light_field(scene: Scene) -> np.ndarray:
     """Illumination over the frame: global gain, a linear gradient and lens vignetting."""
-    axis = (np.arange(scene.size, dtype=np.float32) + 0.5) / scene.size - 0.5
-    xn, yn = axis[None, :], axis[:, None]
+    # Coordinates relative to each side's length: the vignette follows the frame's aspect.
+    xn = ((np.arange(scene.width, dtype=np.float32) + 0.5) / scene.width - 0.5)[None, :]
+    yn = ((np.arange(scene.height, dtype=np.float32) + 0.5) / scene.height - 0.5)[:, None]
     field = scene.gain * (1 + 2 * scene.gradient[0] * xn + 2 * scene.gradient[1] * yn)
     return (field * (1 - 2 * scene.vignetting * (xn * xn + yn * yn))).astype(np.float32)
 
@@ -225,8 +236,8 @@ def _render(
 ) -> np.ndarray:
     """Noise-free image (float32 RGB, may exceed 0..1 before the sensor clips it)."""
     base_height, albedo, specular, shininess = materials
-    size, k = scene.size, scene.scale
-    bead = np.zeros((size, size), np.float32)
+    k = scene.scale
+    bead = np.zeros((scene.height, scene.width), np.float32)
     points, radii, peaks = _bead_line(scene, path, defect)
     pick = np.arange(0, len(points), _SWEEP_STEP)
     if path.closed:
@@ -249,9 +260,10 @@ def _render(
     elif defect is not None and defect.kind == "bubble":
         # A burst bubble: a crater with a slight lip, dark inside where sealant is left; deep
         # ones go through and show the bright metal below.
-        axis = np.arange(size, dtype=np.float32)
-        dx = (axis[None, :] - defect.centre[0]) / defect.radius
-        dy = (axis[:, None] - defect.centre[1]) / defect.radius
+        x = np.arange(scene.width, dtype=np.float32)[None, :]
+        y = np.arange(scene.height, dtype=np.float32)[:, None]
+        dx = (x - defect.centre[0]) / defect.radius
+        dy = (y - defect.centre[1]) / defect.radius
         d = np.sqrt(dx * dx + dy * dy)
         bowl = np.sqrt(np.clip(1 - d * d, 0, None))
         peak_here = scene.bead_aspect * scene.bead_radius
@@ -291,10 +303,14 @@ def _render(
     return _shade(scene, height, albedo, specular, shininess)
 
 
-def _sensor(scene: Scene, image: np.ndarray) -> np.ndarray:
-    """Add read and shot noise (the same draw for a clean and a defect render) and clip."""
+def _sensor_noise(scene: Scene) -> np.ndarray:
+    """Unit sensor noise of the frame: drawn once, the same for a clean and a defect render."""
     rng = np.random.default_rng(scene.noise_seed)
-    z = rng.standard_normal(image.shape, dtype=np.float32)
+    return rng.standard_normal((scene.height, scene.width, 3), dtype=np.float32)
+
+
+def _sensor(scene: Scene, image: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Add read and shot noise (``z`` from :func:`_sensor_noise`) and clip."""
     sigma = scene.read_noise + scene.shot_noise * np.sqrt(np.clip(image, 0, None))
     return np.clip(image + sigma * z, 0, 1)
 
@@ -313,21 +329,56 @@ def render_part(
     """
     if size < 64:
         raise DataError(f"sealant image size {size} is too small; use at least 64 pixels")
+    _check_defect(defect, severity)
+    return _photograph(
+        rng_seed, draw_scene(np.random.default_rng(rng_seed), size), defect, severity
+    )
+
+
+def render_line_part(
+    rng_seed: int,
+    width: int = 2048,
+    height: int = 640,
+    defect: str | None = None,
+    severity: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render one high-resolution photograph of a long sealant part and its defect mask.
+
+    As :func:`render_part`, for the long part of :func:`draw_line_scene` in a ``width`` x
+    ``height`` frame (width the long side). Returns an RGB ``uint8`` image ``(height, width,
+    3)`` and a ``bool`` mask ``(height, width)``.
+    """
+    if min(width, height) < 64:
+        raise DataError(
+            f"sealant_line frame {width}x{height} is too small; use at least 64 pixels a side"
+        )
+    _check_defect(defect, severity)
+    scene = draw_line_scene(np.random.default_rng(rng_seed), width, height)
+    return _photograph(rng_seed, scene, defect, severity)
+
+
+def _check_defect(defect: str | None, severity: float | None) -> None:
     if defect is not None and defect not in DEFECT_TYPES:
         raise DataError(f"unknown sealant defect type {defect!r}; expected one of {DEFECT_TYPES}")
     if severity is not None and not 0.0 <= severity <= 1.0:
         raise DataError(f"sealant severity {severity} is outside [0, 1]")
-    scene = draw_scene(np.random.default_rng(rng_seed), size)
+
+
+def _photograph(
+    rng_seed: int, scene: Scene, defect: str | None, severity: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image of ``scene`` (drawn from ``rng_seed``) with ``defect``, and its mask."""
     path = bead_path(scene)
     materials = _materials(scene)
-    clean = _sensor(scene, _render(scene, path, materials, None))
+    noise = _sensor_noise(scene)
+    clean = _sensor(scene, _render(scene, path, materials, None), noise)
     if defect is None:
-        return _to_uint8(clean), np.zeros((size, size), bool)
+        return _to_uint8(clean), np.zeros((scene.height, scene.width), bool)
     # Defect draws come from their own stream so they never shift the part's own draws.
     drng = np.random.default_rng([rng_seed, 1 + DEFECT_TYPES.index(defect)])
     level = float(drng.uniform(0, 1)) if severity is None else float(severity)
     spec = draw_defect(drng, defect, level, scene, path)
-    dirty = _sensor(scene, _render(scene, path, materials, spec))
+    dirty = _sensor(scene, _render(scene, path, materials, spec), noise)
     mask = defect_mask(np.abs(dirty - clean).max(axis=2) > MASK_LEVEL)
     # Changes outside the mask (below MASK_LEVEL) are dropped, so the image differs from the
     # defect-free one only inside the mask.
