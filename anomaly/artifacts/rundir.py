@@ -35,14 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from anomaly.errors import DataError, RunDirBusyError
 from anomaly.io import jsonio
 from anomaly.io.files import (
     csv_text,
     directory_mode,
-    encode_png,
     file_mode,
     replace_directory,
     write_bytes,
@@ -269,10 +266,11 @@ class RunWriter:
             stream.flush()
             os.fsync(stream.fileno())
 
-    def write_heatmap(self, index: int, file: str | Path, picture: np.ndarray) -> str:
-        """Write the RGB overlay ``picture`` of input ``index``; returns its name for the CSV."""
+    def write_heatmap(self, index: int, file: str | Path, png: bytes) -> str:
+        """Write the overlay of input ``index``, encoded as ``png`` (where it was scored, which
+        may be another machine); returns its name for the CSV."""
         name = heatmap_name(index, file)
-        write_bytes(self._partial / name, encode_png(picture))
+        write_bytes(self._partial / name, png)
         return name
 
     def finish(self, rows: Sequence[ScoreRow], info: dict[str, Any], defect_types: bool) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,18 +18,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig
 
 from anomaly.artifacts.bundle import load_bundle, read_config
-from anomaly.artifacts.heatmap import SCALE_MAX, overlay
+from anomaly.artifacts.heatmap import SCALE_MAX
 from anomaly.artifacts.rundir import SCORES_CSV, RunWriter, ScoreRow
 from anomaly.data import load_dataset
 from anomaly.data.dataset import Sample
-from anomaly.decision.verdict import ERROR, NG, NOT_FINITE, verdict
-from anomaly.errors import AnomalyError, ImageReadError
-from anomaly.io.batches import batches
-from anomaly.io.images import find_images, load_image
+from anomaly.engines.scoring import LocalEngine, ScoredImage, ScoringEngine
+from anomaly.errors import AnomalyError
+from anomaly.io.images import find_images
 from anomaly.models.base import AnomalyModel
 
 logger = logging.getLogger(__name__)
@@ -102,6 +99,7 @@ def score_paths(
     ground_truth: dict[Path, Sample] | None = None,
     run_info: dict[str, Any] | None = None,
     resume: bool = False,
+    engine: ScoringEngine | None = None,
 ) -> ScoreRun:
     """Score every image under ``paths`` with ``model`` and write the run directory ``out_dir``.
 
@@ -109,8 +107,11 @@ def score_paths(
     mask are copied into the CSV (for reports and evaluation). Rows are recorded durably as
     they are scored; with ``resume`` a run into ``out_dir`` that was killed is continued (the
     same inputs and model), and no image is scored twice. The CSV is in input order either way.
+    ``engine`` scores the batches (default: in this process); whichever it is, the rows and
+    heatmaps are written here, so the run directory does not depend on it.
     """
     model.check_is_fitted()
+    engine = engine or LocalEngine(model)
     out = Path(out_dir)
     files, rows = collect_files(paths)
     run = ScoreRun(out_dir=out, rows=rows)
@@ -120,8 +121,8 @@ def score_paths(
         started = time.perf_counter()
         scored: dict[int, ScoreRow] = dict(writer.done)
         todo = [(i, file) for i, file in enumerate(files) if i not in scored]
-        for batch in batches(todo, model.batch_size, "scoring", model.progress):
-            new = _score_batch(model, batch, writer, calibration, ground_truth)
+        for results in engine.run(todo, heatmaps):
+            new = [_record(result, writer, ground_truth) for result in results]
             writer.append(new)
             scored.update(new)
         run.rows.extend(scored[i] for i in range(len(files)))
@@ -132,6 +133,7 @@ def score_paths(
             "model": model.model_name,
             "calibration": None if calibration is None else calibration.to_dict(),
             "heatmap_scale_max": SCALE_MAX,
+            "engine": engine.describe(),
             "counts": run.counts,
             "n_files": len(run.rows),
             "resumed_rows": run.resumed,
@@ -157,73 +159,20 @@ def run_fingerprint(model: AnomalyModel, files: Sequence[Path], heatmaps: bool) 
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _score_batch(
-    model: AnomalyModel,
-    batch: list[tuple[int, Path]],
-    writer: RunWriter,
-    calibration: Any,
-    ground_truth: dict[Path, Sample] | None,
-) -> list[tuple[int, ScoreRow]]:
-    """Score ``(input index, file)`` pairs; returns ``(input index, row)`` pairs."""
-    rows: list[tuple[int, ScoreRow]] = []
-    loaded: list[tuple[ScoreRow, np.ndarray, int]] = []
-    for index, file in batch:
-        row = ScoreRow(file=str(file))
-        sample = (ground_truth or {}).get(Path(file))
-        if sample is not None:
-            row.label = sample.label
-            row.defect_type = sample.defect_type
-            row.mask = "" if sample.mask_path is None else str(sample.mask_path)
-        rows.append((index, row))
-        try:
-            loaded.append((row, load_image(file), index))
-        except ImageReadError as error:
-            row.error = error.reason
-    if not loaded:
-        return rows
-    images = [image for _, image, _ in loaded]
-    try:
-        prediction = model.score_batch(images)
-    except Exception as error:  # one odd image must not cost the batch: retry one by one
-        logger.warning("batch failed (%s); scoring its images one by one", error)
-        _score_one_by_one(model, loaded, writer, calibration)
-        return rows
-    for position, (row, image, index) in enumerate(loaded):
-        _fill(row, image, index, prediction, position, writer, calibration)
-    return rows
-
-
-def _score_one_by_one(model, loaded, writer, calibration) -> None:
-    for row, image, index in loaded:
-        try:
-            prediction = model.score_batch([image])
-        except Exception as error:
-            row.error = f"could not be scored: {error}"
-            continue
-        _fill(row, image, index, prediction, 0, writer, calibration)
-
-
-def _fill(row, image, index, prediction, position, writer, calibration) -> None:
-    """Fill ``row`` from image ``position`` of a batch's ``prediction``."""
-    score = float(prediction.scores[position])
-    if not math.isfinite(score):  # fails closed, calibrated or not: never a silent pass
-        row.verdict, row.error = ERROR, f"{NOT_FINITE} ({score})"
-        return
-    row.score = score
-    if calibration is None:
-        row.verdict = "UNCALIBRATED"
-        return
-    row.normalized_score = score / calibration.threshold
-    row.verdict = verdict(score, calibration.threshold)
-    if row.verdict != NG:
-        return
-    types = prediction.predicted_types
-    if types is not None:  # the type of a rejected part is what a QA team triages by
-        row.predicted_type = types[position]
-        row.predicted_type_probability = float(prediction.predicted_type_probabilities[position])
-    if writer.heatmaps:
-        picture = overlay(image, prediction.anomaly_maps[position] / calibration.pixel_threshold)
-        row.heatmap = writer.write_heatmap(index, row.file, picture)
+def _record(
+    result: ScoredImage, writer: RunWriter, ground_truth: dict[Path, Sample] | None
+) -> tuple[int, ScoreRow]:
+    """Complete a scored image's row where the run is driven: its heatmap written into this
+    run's folder, the ground truth of its file copied in."""
+    row = result.row
+    if result.heatmap_png is not None:
+        row.heatmap = writer.write_heatmap(result.index, row.file, result.heatmap_png)
+    sample = (ground_truth or {}).get(Path(row.file))
+    if sample is not None:
+        row.label = sample.label
+        row.defect_type = sample.defect_type
+        row.mask = "" if sample.mask_path is None else str(sample.mask_path)
+    return result.index, row
 
 
 def _reason(error: Exception, path: str | Path) -> str:
