@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[fit,openvino,dev]"
+	$(BIN)/pip install --quiet -e ".[fit,openvino,ray,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -130,6 +130,21 @@ class RuntimeConfig:
 
 
 @dataclass
+class EngineConfig:
+    """Where scoring runs: ``local`` (this process) or ``ray`` (a Ray cluster, the [ray] extra).
+
+    Batches are ``runtime.batch_size`` images either way, so both engines give the same scores.
+    """
+
+    name: str = "local"  # local | ray
+    address: str | None = None  # ray: null = start a local Ray; auto or ray://HOST:PORT = a cluster
+    workers: int = 2  # ray: scoring actors, each holding one copy of the model
+    # ray: CPUs each actor reserves; its torch/faiss threads too, unless runtime.num_threads is set
+    cpus_per_worker: float = 1.0
+    retries: int = 3  # ray: restarts of an actor that died, and retries of its batch
+
+
+@dataclass
 class FitConfig:
     """``anomaly fit``: fit, calibrate and save one model for one category."""
 
@@ -176,6 +191,7 @@ class ScoreConfig:
     resume: bool = False  # continue a run into `out` that was killed (same inputs and model)
     # Public key file: score only bundles signed with its private half (`anomaly sign`).
     require_signature: str | None = None
+    engine: EngineConfig = field(default_factory=EngineConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 

@@ -113,6 +113,8 @@ def _score(args: argparse.Namespace) -> int:
             "heatmaps": False if args.no_heatmaps else None,
             "require_signature": args.require_signature,
             "resume": args.resume or None,
+            "engine.name": args.engine,
+            "engine.address": args.ray_address,
         },
     )
     run = score(config)
@@ -286,6 +288,18 @@ def _parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue a run into --out that was killed, scoring only what it had not (resume)",
+    )
+    score.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        help="where to score (engine.name): local (default, this process) or ray (a Ray "
+        "cluster; needs pip install 'anomaly[ray]')",
+    )
+    score.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Ray cluster to score on (engine.address): auto, ray://HOST:10001; default: start "
+        "a local Ray",
     )
     score.add_argument(
         "--require-signature",

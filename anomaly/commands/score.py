@@ -8,6 +8,7 @@ none, and ``scores.csv`` appears only when the run has finished.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
@@ -26,9 +27,12 @@ from anomaly.artifacts.rundir import SCORES_CSV, RunWriter, ScoreRow
 from anomaly.data import load_dataset
 from anomaly.data.dataset import Sample
 from anomaly.engines.scoring import LocalEngine, ScoredImage, ScoringEngine
-from anomaly.errors import AnomalyError
+from anomaly.errors import AnomalyError, ConfigError
 from anomaly.io.images import find_images
 from anomaly.models.base import AnomalyModel
+
+if TYPE_CHECKING:
+    from anomaly.engines.ray import RayEngine
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +190,9 @@ def score(config: DictConfig) -> ScoreRun:
     bundle's own ``config.split``, with its ground truth) into ``config.out`` (default
     ``runs/score-<time>``), and write the QA report when ``config.report`` is set and something
     was scored. With ``config.require_signature`` (a public key file) only a bundle signed with
-    its private half is used."""
+    its private half is used. ``config.engine`` says where the batches are scored: here
+    (``local``) or on a Ray cluster (``ray``, see :mod:`anomaly.engines.ray`)."""
+    engine = _engine(config)  # before any work: a missing [ray] extra is said at once
     model = load_bundle(config.model, require_signature=config.require_signature)
     model.set_runtime(
         config.runtime.batch_size, config.runtime.num_threads, config.runtime.progress
@@ -200,20 +206,45 @@ def score(config: DictConfig) -> ScoreRun:
     if not paths:
         raise AnomalyError("nothing to score: give image files or folders, or --split test")
     out = Path(config.out or f"runs/score-{datetime.now():%Y%m%d-%H%M%S}")
-    run = score_paths(
-        model,
-        paths,
-        out,
-        heatmaps=config.heatmaps,
-        ground_truth=ground_truth,
-        resume=config.resume,
-        run_info={
-            "model_dir": str(Path(config.model).resolve()),
-            "category": model.metadata_.get("data", {}).get("category"),
-        },
-    )
+    with engine or contextlib.nullcontext():
+        run = score_paths(
+            model,
+            paths,
+            out,
+            heatmaps=config.heatmaps,
+            ground_truth=ground_truth,
+            resume=config.resume,
+            run_info={
+                "model_dir": str(Path(config.model).resolve()),
+                "category": model.metadata_.get("data", {}).get("category"),
+            },
+            engine=engine,
+        )
     if config.report and run.n_scored:
         from anomaly.report import write_report  # the report's HTML code loads only when asked
 
         run.report = write_report(out)
     return run
+
+
+def _engine(config: DictConfig) -> RayEngine | None:
+    """The engine ``config.engine`` names: None for ``local`` (:func:`score_paths` scores in
+    this process), a :class:`~anomaly.engines.ray.RayEngine` for ``ray``."""
+    name = config.engine.name
+    if name == "local":
+        return None
+    if name != "ray":
+        raise ConfigError(f"engine.name={name!r}: must be local or ray")
+    from anomaly.engines.ray import RayEngine  # Ray loads only when it is asked for
+
+    return RayEngine(
+        config.model,
+        address=config.engine.address,
+        workers=config.engine.workers,
+        cpus_per_worker=config.engine.cpus_per_worker,
+        retries=config.engine.retries,
+        batch_size=config.runtime.batch_size,
+        num_threads=config.runtime.num_threads,
+        require_signature=config.require_signature,
+        progress=config.runtime.progress,
+    )
