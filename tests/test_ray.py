@@ -168,7 +168,6 @@ def test_cli_resumes_a_killed_local_run_on_ray_and_writes_the_report(
 
 def test_without_ray_the_error_names_the_extra(bundle, inputs, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if `import ray` found nothing
-    monkeypatch.delitem(sys.modules, "anomaly.engines.ray", raising=False)
     out = tmp_path / "run"
     assert main(_score_command(bundle, inputs, out, "--engine", "ray")) == 2
     message = capsys.readouterr().err.strip()
@@ -181,3 +180,27 @@ def test_an_unknown_engine_is_refused(bundle, inputs, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_score_command(bundle, inputs, out, "engine.name=spark")) == 2
     assert "engine.name='spark': must be local or ray" in capsys.readouterr().err
+
+
+def test_engine_flags_are_config_keys(bundle, inputs, tmp_path, monkeypatch, capsys):
+    import anomaly.engines.ray as ray_engine
+    from anomaly.errors import ConfigError
+
+    given = {}
+
+    def engine(bundle_dir, **settings):
+        given.update(settings, bundle_dir=bundle_dir)
+        raise ConfigError("seen")
+
+    monkeypatch.setattr(ray_engine, "RayEngine", engine)
+    flags = ["--engine", "ray", "--ray-address", "auto", "engine.workers=3"]
+    assert main(_score_command(bundle, inputs, tmp_path / "run", *flags)) == 2
+    assert (given["address"], given["workers"], given["batch_size"]) == ("auto", 3, BATCH)
+    assert given["bundle_dir"] == str(bundle)
+
+
+def test_a_pool_without_workers_is_refused(bundle, inputs, tmp_path, capsys):
+    pytest.importorskip("ray.data")
+    command = _score_command(bundle, inputs, tmp_path / "run", "--engine", "ray")
+    assert main([*command, "engine.workers=0"]) == 2
+    assert "engine.workers=0: must be at least 1" in capsys.readouterr().err
