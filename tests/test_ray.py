@@ -204,3 +204,18 @@ def test_a_pool_without_workers_is_refused(bundle, inputs, tmp_path, capsys):
     command = _score_command(bundle, inputs, tmp_path / "run", "--engine", "ray")
     assert main([*command, "engine.workers=0"]) == 2
     assert "engine.workers=0: must be at least 1" in capsys.readouterr().err
+
+
+def test_a_ray_failure_is_told_in_one_line_with_its_remote_cause():
+    from anomaly.engines.ray import ray_error_reason
+
+    message = (
+        "The actor died because of an error raised in its creation task, \x1b[36mray::MapWorker"
+        "(MapBatches(BundleScorer)).__init__()\x1b[39m (pid=3910)\n"
+        '  File "anomaly/artifacts/bundle.py", line 190, in load_bundle\n'
+        '    raise BundleError("...")\n'
+        "anomaly.errors.BundleError: /tmp/b/model.safetensors: checksum mismatch\n"
+    )
+    reason = ray_error_reason(RuntimeError(message))
+    assert reason == "anomaly.errors.BundleError: /tmp/b/model.safetensors: checksum mismatch"
+    assert ray_error_reason(RuntimeError("\n  lost the node\n")) == "lost the node"

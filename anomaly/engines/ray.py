@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -34,7 +35,7 @@ import numpy as np
 from anomaly.artifacts.bundle import load_bundle
 from anomaly.artifacts.rundir import ScoreRow
 from anomaly.engines.scoring import ScoredImage, Work, score_images
-from anomaly.errors import ConfigError
+from anomaly.errors import AnomalyError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +251,14 @@ class RayEngine:
                 runtime_env={"env_vars": {DIE_ONCE_ENV: marker}} if marker else None,
                 **self._restarts(ray),
             )
-        for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
+        batches = iter(scored.iter_batches(batch_size=None, batch_format="numpy"))
+        while True:
+            try:
+                batch = next(batches, None)
+            except ray.exceptions.RayError as error:  # an actor that cannot start, retries spent
+                raise AnomalyError(f"scoring on Ray failed: {ray_error_reason(error)}") from error
+            if batch is None:
+                return
             results = []
             for index, row, png in zip(
                 batch["index"], batch["row"], batch["heatmap_png"], strict=True
@@ -259,3 +267,15 @@ class RayEngine:
                 result.row.file = str(files[result.index])
                 results.append(result)
             yield results
+
+
+def ray_error_reason(error: BaseException) -> str:
+    """A Ray error in one line: the remote exception it carries (its last ``...Error: why``
+    line), else its first line. Ray's messages hold whole remote tracebacks."""
+    lines = [_ANSI.sub("", line).strip() for line in str(error).splitlines()]
+    causes = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return causes[-1] if causes else next((line for line in lines if line), type(error).__name__)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its log prefixes
+_EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception): ")
