@@ -233,12 +233,13 @@ def make_wide_category(root: Path) -> Path:
     return root
 
 
-def test_fit_score_and_heatmaps_at_full_resolution_from_the_cli(tmp_path):
+def test_fit_score_and_heatmaps_at_full_resolution_from_the_cli(tmp_path, capsys):
     make_wide_category(tmp_path / "data" / "strip")
     out, run = tmp_path / "bundle", tmp_path / "run"
     fast = ["image_size=64", "patchcore.coreset_ratio=0.5", "runtime.progress=false"]
     fit = ["fit", "--category", "strip", "--data-root", str(tmp_path / "data"), "--out", str(out)]
     assert main([*fit, "tiling.tile_size=64", "tiling.stride=48", *fast]) == 0
+    assert "tiling: 5 tiles of 64 px (stride 48) per 64x256 image" in capsys.readouterr().out
     config = (out / "config.yaml").read_text()
     assert "tile_size: 64" in config and "stride: 48" in config
     score = ["score", "--split", "test", "--model", str(out), "--out", str(run)]

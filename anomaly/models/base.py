@@ -635,12 +635,22 @@ class AnomalyModel:
 
     def summary_lines(self) -> list[str]:
         """Lines of the model's own facts for the summary ``anomaly fit`` prints."""
+        lines = []
+        if self.tiling_ is not None:
+            t = self.tiling_
+            height, width = t["image_shape"]
+            lines.append(
+                f"tiling: {t['tiles_per_image']} tiles of {t['tile_pixels']} px (stride "
+                f"{t['stride'] or t['tile_pixels']}) per {height}x{width} image, each at "
+                f"{self.image_size} px"
+            )
         scales = self.group_scales_
         if scales is None:
-            return []
+            return lines
         accuracy = scales.validation_accuracy_
         recognised = "" if np.isnan(accuracy) else f", {accuracy:.1%} on good validation images"
         return [
+            *lines,
             f"groups ({self.group_by}): {', '.join(scales.names_)}; each part's group recognised "
             f"from its features (train accuracy {scales.train_accuracy_:.1%}{recognised}), its "
             "score standardised within the group on the good validation images"
