@@ -1,8 +1,12 @@
-"""Fitting in shards: the good images reduced apart and merged (PaDiM's sums, PatchCore's
-coreset of coresets), tested without Ray."""
+"""``anomaly fit --engine ray``: shards of the good images reduced on Ray workers, merged here.
+
+The merges themselves (PaDiM's sums, PatchCore's coreset of coresets) are tested without Ray;
+the Ray tests fit the small parts category once locally and once on a local Ray (two CPUs).
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +14,15 @@ import pytest
 import torch
 from conftest import make_parts_category
 
+from anomaly.artifacts.bundle import load_bundle, read_metadata
+from anomaly.commands.cli import main
 from anomaly.components.coreset import merge_coresets
 from anomaly.models.base import AnomalyModel, split_shards
 from anomaly.models.padim import PaDiM, PadimSums
+
+FAST = ["image_size=64", "patchcore.coreset_ratio=0.25", "runtime.progress=false"]
+# PaDiM small enough to fit in seconds, still a full covariance per position.
+PADIM = ["--model", "padim", "padim.n_features=24", *FAST]
 
 
 class InProcessShards:
@@ -91,3 +101,75 @@ def test_padim_fitted_in_shards_equals_the_local_fit(tmp_path: Path) -> None:
         "shards": 3,
         "statistics": "exact: float64 sums of 3 shards around one shift",
     }
+
+
+# ------------------------------------------------------------------ the command, without Ray
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("rayfit") / "data"
+    make_parts_category(root / "parts")
+    return root
+
+
+def _fit(data_root: Path, out: Path, *extra: str) -> list[str]:
+    command = ["fit", "--category", "parts", "--data-root", str(data_root), "--out", str(out)]
+    return [*command, "data.val_fraction=0.5", *extra]
+
+
+@pytest.mark.parametrize("model", ["hybrid", "baseline"])
+def test_models_ray_cannot_fit_are_refused_in_one_line(data_root, tmp_path, capsys, model):
+    out = tmp_path / "bundle"
+    assert main(_fit(data_root, out, "--model", model, "--engine", "ray", *FAST)) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0
+    assert f"{model} cannot be fitted on Ray" in message and "engine.name=local" in message
+    assert not out.exists()
+
+
+def test_without_ray_the_fit_error_names_the_extra(data_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if `import ray` found nothing
+    out = tmp_path / "bundle"
+    assert main(_fit(data_root, out, "--engine", "ray", *FAST)) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and "pip install 'anomaly[ray]'" in message
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ on Ray
+def test_padim_ray_fit_equals_the_local_fit_even_when_a_worker_dies(
+    ray_cluster, data_root, tmp_path, monkeypatch
+):
+    from anomaly.engines.ray import DIE_ONCE_ENV
+
+    # One thread each, as each Ray worker (one CPU) runs: the features are then the same floats.
+    same = ["runtime.num_threads=1"]
+    assert main(_fit(data_root, tmp_path / "local", *PADIM, *same)) == 0
+    marker = tmp_path / "a worker died"
+    monkeypatch.setenv(DIE_ONCE_ENV, str(marker))
+    assert main(_fit(data_root, tmp_path / "ray", *PADIM, *same, "--engine", "ray")) == 0
+    assert marker.exists()  # a shard's worker did die; Ray ran the shard again
+    local, ray = load_bundle(tmp_path / "local"), load_bundle(tmp_path / "ray")
+    np.testing.assert_allclose(ray.mean_, local.mean_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ray.inv_cholesky_, local.inv_cholesky_, rtol=1e-5, atol=1e-5)
+    engine = read_metadata(tmp_path / "ray")["training"]["engine"]
+    assert engine["name"] == "ray" and engine["shards"] == 2
+    assert engine["statistics"] == "exact: float64 sums of 2 shards around one shift"
+
+
+def test_patchcore_ray_fit_keeps_the_bank_size_and_the_auroc(ray_cluster, data_root, tmp_path):
+    assert main(_fit(data_root, tmp_path / "local", *FAST)) == 0
+    assert main(_fit(data_root, tmp_path / "ray", *FAST, "--engine", "ray")) == 0
+    local, ray = read_metadata(tmp_path / "local"), read_metadata(tmp_path / "ray")
+    assert local["training"]["engine"] == {"name": "local"}
+    engine = ray["training"]["engine"]
+    assert {key: engine[key] for key in ("name", "workers", "shards")} == {
+        "name": "ray",
+        "workers": 2,
+        "shards": 2,
+    }
+    assert engine["bank"].startswith("coreset of 2 shard coresets")
+    # 12 train images of 8 x 8 patches: ceil(0.25 * 768) = 192 vectors, as the local bank.
+    assert load_bundle(tmp_path / "ray").memory_bank_.size == 192
+    assert load_bundle(tmp_path / "local").memory_bank_.size == 192
+    local_auroc = local["evaluation"]["test"]["auroc"]
+    assert ray["evaluation"]["test"]["auroc"] == pytest.approx(local_auroc, abs=0.05)
