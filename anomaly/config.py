@@ -131,17 +131,19 @@ class RuntimeConfig:
 
 @dataclass
 class EngineConfig:
-    """Where scoring runs: ``local`` (this process) or ``ray`` (a Ray cluster, the [ray] extra).
+    """Where scoring or fitting runs: ``local`` (this process) or ``ray`` (a Ray cluster, the
+    [ray] extra).
 
-    Batches are ``runtime.batch_size`` images either way, so both engines give the same scores.
+    Scoring batches are ``runtime.batch_size`` images either way, so both engines give the same
+    scores. A fit on Ray splits the good images into ``workers`` shards reduced apart and merged.
     """
 
     name: str = "local"  # local | ray
     address: str | None = None  # ray: null = start a local Ray; auto or ray://HOST:PORT = a cluster
-    workers: int = 2  # ray: scoring actors, each holding one copy of the model
+    workers: int = 2  # ray: scoring actors, each holding one copy of the model; fit shards
     # ray: CPUs each actor reserves; its torch/faiss threads too, unless runtime.num_threads is set
     cpus_per_worker: float = 1.0
-    retries: int = 3  # ray: restarts of an actor that died, and retries of its batch
+    retries: int = 3  # ray: restarts of an actor that died, and retries of its batch (fit shard)
 
 
 @dataclass
@@ -162,6 +164,8 @@ class FitConfig:
     hybrid: HybridConfig = field(default_factory=HybridConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    # Where the features are extracted (patchcore, padim); calibration and the test run here.
+    engine: EngineConfig = field(default_factory=EngineConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 

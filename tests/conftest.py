@@ -105,3 +105,15 @@ def make_parts_category(
 def parts_category(tmp_path: Path) -> Path:
     """``tmp_path/data/parts``: 12 train, 12 good + 12 defect test images of 64 px."""
     return make_parts_category(tmp_path / "data" / "parts")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray for a module's tests, shut down (with its processes) at the module's end."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

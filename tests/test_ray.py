@@ -24,18 +24,6 @@ BATCH = 8  # 26 inputs: three full batches and a short one, with the unreadable 
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray for this module's tests, shut down (with its processes) at the end."""
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ray") / "data"
     make_parts_category(root / "parts")

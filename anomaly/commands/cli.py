@@ -91,6 +91,8 @@ def _fit(args: argparse.Namespace) -> int:
             "model": args.model,
             "data.root": args.data_root,
             "out": args.out,
+            "engine.name": args.engine,
+            "engine.address": args.ray_address,
         },
     )
     print(fit_category(config).text())
@@ -235,6 +237,23 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _engine_arguments(parser: argparse.ArgumentParser, work: str) -> None:
+    """``--engine`` and ``--ray-address`` (``engine.name``, ``engine.address``) of a command
+    whose ``work`` can run on Ray."""
+    parser.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        help=f"where to {work} (engine.name): local (default, this process) or ray (a Ray "
+        "cluster; needs pip install 'anomaly[ray]')",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help=f"Ray cluster to {work.split(' (')[0]} on (engine.address): auto, "
+        "ray://HOST:10001; default: start a local Ray",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     from anomaly.config import EvaluateConfig
     from anomaly.evaluation.tables import confidence_text
@@ -264,6 +283,7 @@ def _parser() -> argparse.ArgumentParser:
         "--data-root", help="folder of categories in MVTec AD or folder layout (data.root)"
     )
     fit.add_argument("--out", help="bundle directory (out); default runs/<category>/<model>")
+    _engine_arguments(fit, "extract features (patchcore, padim)")
     _config_arguments(fit, _fit)
 
     score = commands.add_parser(
@@ -289,18 +309,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue a run into --out that was killed, scoring only what it had not (resume)",
     )
-    score.add_argument(
-        "--engine",
-        choices=["local", "ray"],
-        help="where to score (engine.name): local (default, this process) or ray (a Ray "
-        "cluster; needs pip install 'anomaly[ray]')",
-    )
-    score.add_argument(
-        "--ray-address",
-        metavar="ADDRESS",
-        help="Ray cluster to score on (engine.address): auto, ray://HOST:10001; default: start "
-        "a local Ray",
-    )
+    _engine_arguments(score, "score")
     score.add_argument(
         "--require-signature",
         metavar="PUBLIC_KEY",

@@ -8,7 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,6 +19,7 @@ from anomaly.config import to_yaml
 from anomaly.data import load_dataset
 from anomaly.data.dataset import Dataset, Sample
 from anomaly.decision.calibration import check_targets
+from anomaly.engines import wants_ray
 from anomaly.errors import AnomalyError, BundleError, DataError
 from anomaly.evaluation.split import (
     SplitScores,
@@ -29,7 +30,10 @@ from anomaly.evaluation.split import (
 from anomaly.io.files import file_sha256, make_staging_dir, replace_directory
 from anomaly.io.images import load_image
 from anomaly.models import model_class
-from anomaly.models.base import AnomalyModel
+from anomaly.models.base import AnomalyModel, good_subset
+
+if TYPE_CHECKING:
+    from anomaly.engines.ray import RayFitEngine
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +125,7 @@ def fit_category(config: DictConfig) -> FitResult:
     model.check_params()
     cal = config.calibration
     check_targets(cal.target_miss_rate, cal.fallback_false_alarm_rate, cal.confidence)
+    engine = fit_engine(config, model)  # a model Ray cannot fit, or no Ray: said at once
     dataset = load_dataset(config)
     if not dataset.select("train", label=0):
         raise DataError(f"category {dataset.name!r} has no good training images")
@@ -131,13 +136,37 @@ def fit_category(config: DictConfig) -> FitResult:
     logger.info("fitting %s on category %s", model.model_name, dataset.name)
     # The model picks what it learns from: the good train images (data.max_train_images caps
     # them) or, for a supervised model, every labelled train image with validation to stop on.
-    model.fit_samples(
-        dataset.select("train"),
-        val,
-        max_good_images=config.data.max_train_images,
-        subset_seed=config.data.seed,
-    )
+    if engine is None:
+        model.fit_samples(
+            dataset.select("train"),
+            val,
+            max_good_images=config.data.max_train_images,
+            subset_seed=config.data.seed,
+        )
+    else:
+        # The same good images as fit_samples takes; Ray only extracts and reduces features.
+        good = good_subset(dataset.select("train"), config.data.max_train_images, config.data.seed)
+        logger.info("fitting on %d good images in %d shards on Ray", len(good), engine.workers)
+        with engine:
+            model.fit_sharded([sample.path for sample in good], engine)
     return _calibrate_test_save(model, config, dataset, started)
+
+
+def fit_engine(config: DictConfig, model: AnomalyModel) -> RayFitEngine | None:
+    """Where ``config.engine`` fits ``model``: None for this process (``local``), a
+    :class:`~anomaly.engines.ray.RayFitEngine` for ``ray`` (PatchCore and PaDiM only)."""
+    if not wants_ray(config.engine.name):
+        return None
+    model.check_can_fit_in_shards()
+    from anomaly.engines.ray import RayFitEngine  # Ray loads only when it is asked for
+
+    return RayFitEngine(
+        address=config.engine.address,
+        workers=config.engine.workers,
+        cpus_per_worker=config.engine.cpus_per_worker,
+        retries=config.engine.retries,
+        num_threads=config.runtime.num_threads,
+    )
 
 
 def calibrate_on_validation(

@@ -26,8 +26,9 @@ from anomaly.artifacts.heatmap import SCALE_MAX
 from anomaly.artifacts.rundir import SCORES_CSV, RunWriter, ScoreRow
 from anomaly.data import load_dataset
 from anomaly.data.dataset import Sample
+from anomaly.engines import wants_ray
 from anomaly.engines.scoring import LocalEngine, ScoredImage, ScoringEngine
-from anomaly.errors import AnomalyError, ConfigError
+from anomaly.errors import AnomalyError
 from anomaly.io.images import find_images
 from anomaly.models.base import AnomalyModel
 
@@ -230,11 +231,8 @@ def score(config: DictConfig) -> ScoreRun:
 def _engine(config: DictConfig) -> RayEngine | None:
     """The engine ``config.engine`` names: None for ``local`` (:func:`score_paths` scores in
     this process), a :class:`~anomaly.engines.ray.RayEngine` for ``ray``."""
-    name = config.engine.name
-    if name == "local":
+    if not wants_ray(config.engine.name):
         return None
-    if name != "ray":
-        raise ConfigError(f"engine.name={name!r}: must be local or ray")
     from anomaly.engines.ray import RayEngine  # Ray loads only when it is asked for
 
     return RayEngine(

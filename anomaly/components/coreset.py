@@ -136,3 +136,32 @@ class StreamingCoreset:
         if not self._kept:
             raise ValueError("no features were added to the coreset")
         return torch.cat(self._kept)
+
+
+def merge_coresets(
+    banks: list[np.ndarray],
+    n_patches: int,
+    ratio: float,
+    projection_dim: int = 128,
+    seed: int = 0,
+) -> np.ndarray:
+    """One bank from the coresets of shards of the training patches: a coreset of coresets.
+
+    ``banks`` are the shards' coresets ``(M_i, D)``, kept from ``n_patches`` patches in all;
+    a final greedy k-center pass over their union (on the same seeded projection) keeps
+    ``ceil(ratio * n_patches)`` vectors, the size one pass over every patch keeps, or the whole
+    union when it is smaller. Returns rows of the union, in the order they were picked.
+
+    Approximate: a shard's coreset covers its own patches only, so the union covers every patch
+    within the largest shard covering radius, and the final pass adds its own radius on top.
+    """
+    if not banks or not any(len(bank) for bank in banks):
+        raise ValueError("no shard coresets to merge")
+    union = torch.from_numpy(np.ascontiguousarray(np.concatenate(banks), dtype=np.float32))
+    n_select = max(1, int(np.ceil(ratio * n_patches)))
+    if n_select >= len(union):
+        return union.numpy()
+    projected = RandomProjection(union.shape[1], projection_dim, seed)(union).contiguous()
+    start = int(np.random.default_rng(seed).integers(len(union)))
+    chosen = greedy_kcenter(projected, n_select, start=start)
+    return union[chosen].numpy()

@@ -1,6 +1,11 @@
-"""Scoring on a Ray cluster (``engine.name=ray``; the ``[ray]`` extra): a Ray Data pipeline.
+"""Scoring and fitting on a Ray cluster (``engine.name=ray``; the ``[ray]`` extra).
 
-The driver (``anomaly score``) lists the files and records every result; Ray only scores:
+Fitting (:class:`RayFitEngine`): the good training images in contiguous shards, one Ray task
+each, reduced on the workers to the model's shard summary (PaDiM's float64 sums, PatchCore's
+streaming coreset) and merged by the driver (``anomaly fit``), which then calibrates and tests.
+
+Scoring (:class:`RayEngine`), a Ray Data pipeline: the driver (``anomaly score``) lists the
+files and records every result; Ray only scores:
 
 - the dataset holds ``(input index, path)`` rows, one block per batch of ``batch_size`` rows
   cut from the to-do list exactly as the local engine cuts it, so each actor batch holds the
@@ -36,13 +41,16 @@ from anomaly.artifacts.bundle import load_bundle
 from anomaly.artifacts.rundir import ScoreRow
 from anomaly.engines.scoring import ScoredImage, Work, score_images
 from anomaly.errors import AnomalyError, ConfigError
+from anomaly.models import model_class
+from anomaly.models.base import AnomalyModel, ImageInput
 
 logger = logging.getLogger(__name__)
 
 #: What a user without Ray is told to install.
 RAY_EXTRA = "pip install 'anomaly[ray]'"
-#: Fault injection for the tests: an actor given this variable (a marker file's path) dies in
-#: its first batch if the marker does not exist yet, creating it first, so it dies only once.
+#: Fault injection for the tests: a scoring actor (a fit task) given this variable (a marker
+#: file's path) dies in its first batch (at its start) if the marker does not exist yet,
+#: creating it first, so one worker dies only once.
 DIE_ONCE_ENV = "ANOMALY_RAY_DIE_ONCE"
 
 
@@ -122,11 +130,73 @@ def _die_once_if_asked() -> None:
         os._exit(1)  # as a killed worker would: no exception, no clean-up
 
 
-class RayEngine:
-    """Scores a run's batches on a Ray Data actor pool (see the module docstring).
+class _RayCluster:
+    """What both Ray engines share: the checked settings and the connection.
 
     Used as a context manager: entering connects to Ray (``address``; None starts a local Ray,
-    shut down again on exit) and puts the bundle in the object store once for every actor.
+    shut down again on exit, unless a caller such as a test or a notebook had connected).
+    """
+
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        workers: int = 2,
+        cpus_per_worker: float = 1.0,
+        retries: int = 3,
+        num_threads: int = 0,
+    ) -> None:
+        self._ray = import_ray()
+        if workers < 1:
+            raise ConfigError(f"engine.workers={workers}: must be at least 1")
+        if cpus_per_worker <= 0:
+            raise ConfigError(f"engine.cpus_per_worker={cpus_per_worker}: must be above 0")
+        if retries < 0:
+            raise ConfigError(f"engine.retries={retries}: must be 0 or more")
+        self.address = address
+        self.workers = workers
+        self.cpus_per_worker = cpus_per_worker
+        self.retries = retries
+        # num_threads=0 means every core of the machine; on a node shared by several workers
+        # that oversubscribes it, so a worker takes the CPUs it reserved.
+        self.num_threads = num_threads or max(1, int(cpus_per_worker))
+        self._started = False
+
+    def _connect(self) -> None:
+        ray = self._ray
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
+            self._started = True
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._release()
+        if self._started:
+            self._ray.shutdown()
+            self._started = False
+
+    def _release(self) -> None:
+        """Drop what the engine put in Ray's object store (before Ray may shut down)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": "ray",
+            "address": self.address,
+            "workers": self.workers,
+            "cpus_per_worker": self.cpus_per_worker,
+            "threads_per_worker": self.num_threads,
+        }
+
+
+class RayEngine(_RayCluster):
+    """Scores a run's batches on a Ray Data actor pool (see the module docstring).
+
+    Entering connects to Ray (see :class:`_RayCluster`) and puts the bundle in the object store
+    once for every actor.
     """
 
     def __init__(
@@ -142,60 +212,32 @@ class RayEngine:
         require_signature: str | Path | None = None,
         progress: bool = True,
     ) -> None:
-        self._ray = import_ray()
-        if workers < 1:
-            raise ConfigError(f"engine.workers={workers}: must be at least 1")
-        if cpus_per_worker <= 0:
-            raise ConfigError(f"engine.cpus_per_worker={cpus_per_worker}: must be above 0")
-        if retries < 0:
-            raise ConfigError(f"engine.retries={retries}: must be 0 or more")
+        super().__init__(
+            address=address,
+            workers=workers,
+            cpus_per_worker=cpus_per_worker,
+            retries=retries,
+            num_threads=num_threads,
+        )
         if batch_size < 1:
             raise ConfigError(f"runtime.batch_size={batch_size}: must be at least 1")
         self.bundle_dir = Path(bundle_dir)
-        self.address = address
-        self.workers = workers
-        self.cpus_per_worker = cpus_per_worker
-        self.retries = retries
         self.batch_size = batch_size
-        # num_threads=0 means every core of the machine; on a node shared by several actors
-        # that oversubscribes it, so an actor takes the CPUs it reserved.
-        self.num_threads = num_threads or max(1, int(cpus_per_worker))
         self.require_signature = require_signature
         self.progress = progress
-        self._started = False
         self._bundle: Any = None
 
     def __enter__(self) -> RayEngine:
-        ray = self._ray
-        if not ray.is_initialized():  # a caller (a test, a notebook) may have connected
-            ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
-            self._started = True
+        self._connect()
         try:
-            self._bundle = ray.put(bundle_files(self.bundle_dir))
+            self._bundle = self._ray.put(bundle_files(self.bundle_dir))
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    def _release(self) -> None:
         self._bundle = None
-        if self._started:
-            self._ray.shutdown()
-            self._started = False
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": "ray",
-            "address": self.address,
-            "workers": self.workers,
-            "cpus_per_worker": self.cpus_per_worker,
-            "threads_per_worker": self.num_threads,
-        }
 
     def _restarts(self, ray: ModuleType) -> dict[str, int]:
         """Actor restarts and batch retries, bounded: Ray Data's default restarts an actor
@@ -267,6 +309,64 @@ class RayEngine:
                 result.row.file = str(files[result.index])
                 results.append(result)
             yield results
+
+
+class RayFitEngine(_RayCluster):
+    """Reduces the shards of a sharded fit (:meth:`AnomalyModel.fit_sharded`) as Ray tasks.
+
+    Each shard is one task of ``cpus_per_worker`` CPUs, at most ``workers`` at once: it builds
+    the model from its parameters (the network and its weights found as they are here), runs
+    the shard's images through the feature graph and returns the model's shard summary, which
+    the driver merges as it arrives. A task whose worker dies is run again by Ray (``retries``
+    times). Image files are read by the tasks: their paths must be readable on every node.
+    """
+
+    def __enter__(self) -> RayFitEngine:
+        self._connect()
+        return self
+
+    def shard_count(self, n_images: int) -> int:
+        # One contiguous shard per worker: each builds the network once.
+        return self.workers
+
+    def map_shards(
+        self, model: AnomalyModel, shards: list[list[ImageInput]], context: dict[str, Any]
+    ) -> Iterator[Any]:
+        ray = self._ray
+        params = {**model.get_params(), "num_threads": self.num_threads, "progress": False}
+        marker = os.environ.get(DIE_ONCE_ENV)
+        task = ray.remote(fit_shard).options(
+            num_cpus=self.cpus_per_worker,
+            max_retries=self.retries,
+            runtime_env={"env_vars": {DIE_ONCE_ENV: marker}} if marker else None,
+        )
+        shared = ray.put(context)  # the same for every shard (PaDiM's shift): stored once
+        pending = [
+            task.remote(model.model_name, params, [_absolute(i) for i in shard], shared)
+            for shard in shards
+        ]
+        while pending:
+            try:
+                done, pending = ray.wait(pending, num_returns=1)
+                summary = ray.get(done[0])
+            except ray.exceptions.RayError as error:  # a shard failed, its retries spent
+                for ref in pending:
+                    ray.cancel(ref)
+                raise AnomalyError(f"fitting on Ray failed: {ray_error_reason(error)}") from error
+            yield summary
+
+
+def fit_shard(
+    model_name: str, params: dict[str, Any], images: list[ImageInput], context: dict[str, Any]
+) -> Any:
+    """One shard of a sharded fit, on a Ray worker: the model's summary of ``images``."""
+    _die_once_if_asked()
+    return model_class(model_name)(**params).fit_shard(images, context)
+
+
+def _absolute(image: ImageInput) -> ImageInput:
+    """A path as any worker's folder reads it; an image array as it is."""
+    return str(Path(image).absolute()) if isinstance(image, (str, Path)) else image
 
 
 def ray_error_reason(error: BaseException) -> str:

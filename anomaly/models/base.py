@@ -24,13 +24,14 @@ metadata, and the classmethod ``from_bundle`` rebuilds the fitted model from the
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
@@ -148,6 +149,9 @@ class AnomalyModel:
     tile_size: int | None = None
     tile_stride: int | None = None
     keep_aspect: bool = False
+    #: Where the fit ran (``{"name": "local"}``, or the engine, its shards and how their
+    #: summaries merged), recorded in the bundle's ``training``.
+    fit_engine_: dict[str, Any] = {"name": "local"}  # noqa: RUF012 (replaced, never mutated)
     #: The tiling as fitted (:meth:`Tiling.describe` of the first training image); None when
     #: images are squashed whole.
     tiling_: dict[str, Any] | None = None
@@ -217,13 +221,7 @@ class AnomalyModel:
         with limited_threads(self.num_threads):
             torch.manual_seed(self.seed)
             started = time.perf_counter()
-            self.extractor_ = self._make_extractor()
-            self.runtime_ = self._torch_runtime()
-            tiling = self.tiling()
-            # Set before _fit_begin: a position-aware model sizes its statistics by it.
-            self.tiling_ = (
-                tiling.describe(*_as_array(images[0]).shape[:2]) if tiling.active else None
-            )
+            self._start_fit(images[0])
             self._fit_begin()
             self.group_scales_ = None
             self._train_descriptors: list[np.ndarray] = []
@@ -235,15 +233,104 @@ class AnomalyModel:
             self._fit_end()
             if self.group_by is None:
                 del self._train_descriptors
-        self.n_train_images_ = len(images)
+        self.fit_engine_ = {"name": "local"}
+        return self._fitted(len(images), started)
+
+    def _start_fit(self, first_image: ImageInput, tiling: dict[str, Any] | None = None) -> None:
+        """The network, its feature graph and the tiling (``tiling``, or that of
+        ``first_image``): what every fit sets up before :meth:`_fit_begin`."""
+        self.extractor_ = self._make_extractor()
+        self.runtime_ = self._torch_runtime()
+        if tiling is None and self.tiling().active:
+            tiling = self.tiling().describe(*_as_array(first_image).shape[:2])
+        # Set before _fit_begin: a position-aware model sizes its statistics by it.
+        self.tiling_ = tiling
+
+    def _fitted(self, n_images: int, started: float) -> AnomalyModel:
+        self.n_train_images_ = n_images
         self.fit_seconds_ = time.perf_counter() - started
         self.backbone_sha256_ = self.extractor_.weights_sha256()
         self.weights_source_ = self.extractor_.weights_source
         self.calibration_ = None
         logger.info(
-            "%s fitted on %d images in %.1f s", self.model_name, len(images), self.fit_seconds_
+            "%s fitted on %d images in %.1f s", self.model_name, n_images, self.fit_seconds_
         )
         return self
+
+    # ------------------------------------------------------------------ sharded fitting
+    #: True for models whose fit reduces shards of the good images apart and merges the
+    #: shards' summaries (:meth:`fit_sharded`): PatchCore and PaDiM.
+    shardable: ClassVar[bool] = False
+
+    def fit_sharded(self, images: Sequence[ImageInput], engine: FitEngine) -> AnomalyModel:
+        """Fit on ``images`` split into contiguous shards that ``engine`` reduces apart (each
+        with :meth:`fit_shard` on a copy of this model), merging their summaries here.
+
+        What must be common to every shard (the tiling; PaDiM's shift) is computed here first
+        and handed to each shard. Calibration is left to the caller, as after :meth:`fit`.
+        """
+        images = list(images)
+        if not images:
+            raise DataError("fit needs at least one good image; got none")
+        self.check_can_fit_in_shards()
+        self._check_params()
+        torch = _import_torch("fit")
+        with limited_threads(self.num_threads):
+            torch.manual_seed(self.seed)
+            started = time.perf_counter()
+            self._start_fit(images[0])
+            self._fit_begin()
+            context = {"tiling": self.tiling_, **self._shard_context(images)}
+            self._use_shard_context(context)
+            shards = split_shards(images, engine.shard_count(len(images)))
+            notes = self._fit_shards(engine.map_shards(self, shards, context))
+        self.fit_engine_ = {**engine.describe(), "shards": len(shards), **notes}
+        return self._fitted(len(images), started)
+
+    def fit_shard(self, images: Sequence[ImageInput], context: dict[str, Any]) -> Any:
+        """Reduce one shard of the good images to the summary :meth:`fit_sharded` merges (run
+        by a worker, on a model built with this one's parameters)."""
+        torch = _import_torch("fit")
+        with limited_threads(self.num_threads):
+            torch.manual_seed(self.seed)
+            self._start_fit(images[0], context["tiling"])
+            self._fit_begin()
+            self._use_shard_context(context)
+            for batch in self._batches(list(images), desc=f"{self.model_name}: shard"):
+                for _, features in self._features(batch):
+                    self._fit_batch(features)
+            return self._shard_summary()
+
+    def check_can_fit_in_shards(self) -> None:
+        """Raise :class:`UnsupportedError` unless :meth:`fit_sharded` works for this model."""
+        why = None
+        if not self.shardable:
+            why = (
+                f"{self.model_name} cannot be fitted on Ray (engine.name=ray fits patchcore "
+                "and padim)"
+            )
+        elif self.group_by is not None:
+            # The group classifier learns from every train image's descriptors, kept locally.
+            why = f"group_by={self.group_by!r} cannot be fitted on Ray yet"
+        if why:
+            raise UnsupportedError(f"{why}; fit it with engine.name=local")
+
+    def _shard_context(self, images: list[ImageInput]) -> dict[str, Any]:
+        """What every shard needs besides the tiling for the summaries to merge (after
+        :meth:`_fit_begin`, on the driver)."""
+        return {}
+
+    def _use_shard_context(self, context: dict[str, Any]) -> None:
+        """Take :meth:`_shard_context`'s values (after :meth:`_fit_begin`)."""
+
+    def _shard_summary(self) -> Any:
+        """A shard's reduced features, after its :meth:`_fit_batch` calls."""
+        raise NotImplementedError
+
+    def _fit_shards(self, summaries: Iterable[Any]) -> dict[str, str]:
+        """Merge the shards' summaries into the fitted model (in place of the batches and
+        :meth:`_fit_end`); returns how, for the bundle's record of the fit."""
+        raise NotImplementedError
 
     def fit_samples(
         self,
@@ -678,6 +765,7 @@ class AnomalyModel:
             "training": {
                 "n_images": self.n_train_images_,
                 "fit_seconds": round(self.fit_seconds_, 3),
+                "engine": self.fit_engine_,
             },
             "calibration": None if calibration is None else calibration.to_dict(),
             **({} if self.tiling_ is None else {"tiling": self.tiling_}),
@@ -739,6 +827,8 @@ class AnomalyModel:
             )
         model.n_train_images_ = metadata["training"]["n_images"]
         model.fit_seconds_ = metadata["training"]["fit_seconds"]
+        # Bundles made before the fit engine was recorded were all fitted locally.
+        model.fit_engine_ = metadata["training"].get("engine", {"name": "local"})
         calibration = metadata.get("calibration")
         model.calibration_ = (
             None if calibration is None else calibration_module.Calibration.from_dict(calibration)
@@ -919,6 +1009,32 @@ def _import_torch(action: str) -> Any:
             "the [edge] install scores bundles made by `anomaly export`)"
         ) from error
     return torch
+
+
+def split_shards(images: Sequence[ImageInput], count: int) -> list[list[ImageInput]]:
+    """``images`` in ``count`` contiguous shards of sizes differing by one at most (fewer when
+    there are fewer images), in order."""
+    count = max(1, min(count, len(images)))
+    size, extra = divmod(len(images), count)
+    bounds = itertools.accumulate((size + (i < extra) for i in range(count)), initial=0)
+    return [list(images[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+class FitEngine(Protocol):
+    """Where the shards of a sharded fit are reduced (:meth:`AnomalyModel.fit_sharded`)."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the bundle records as the fit's ``engine``."""
+        ...
+
+    def shard_count(self, n_images: int) -> int: ...
+
+    def map_shards(
+        self, model: AnomalyModel, shards: list[list[ImageInput]], context: dict[str, Any]
+    ) -> Iterator[Any]:
+        """Each shard's ``model.fit_shard(shard, context)``, on a copy of ``model`` built from
+        its parameters, in any order."""
+        ...
 
 
 def good_subset(

@@ -77,6 +77,8 @@ class Hybrid(PatchCore):
 
     model_name: ClassVar[str] = "hybrid"
     supervised: ClassVar[bool] = True  # learns from defect labels as well as good images
+    # Its head learns from every labelled image, not from reducible shards of the good ones.
+    shardable: ClassVar[bool] = False
     incremental: ClassVar[bool] = False  # new good images would shift the fused score's scale
     tiles_images: ClassVar[bool] = False  # its head pools whole images (not tiled yet)
 

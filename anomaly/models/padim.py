@@ -18,14 +18,15 @@ refuses a configuration whose estimate exceeds ``memory_budget_mb`` before alloc
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from anomaly.errors import BundleError, DataError
-from anomaly.models.base import AnomalyModel
+from anomaly.models.base import AnomalyModel, ImageInput
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +50,72 @@ def padim_memory_bytes(positions: int, dims: int) -> dict[str, int]:
     sums = positions * (dims + dims * dims) * 8
     temporaries = 3 * min(positions, POSITION_CHUNK) * dims * dims * 8
     return {"model": model, "bundle": bundle, "fit": sums + temporaries}
+
+
+@dataclass
+class PadimSums:
+    """The streaming float64 sums a PaDiM fit keeps, per grid position: the count ``n``, the
+    sum of ``x - shift`` ``(P, d)`` and the sum of its outer products, in chunks of
+    :data:`POSITION_CHUNK` positions ``(chunk, d, d)``.
+
+    Sums of ``x - shift`` rather than ``x``: shifting by a per-position reference (the first
+    batch's mean) keeps ``S2 / n - m m^T`` free of cancellation when the mean is large compared
+    with the spread, which float64 alone would not guarantee. Sums around one shift add up, so
+    shards of the training images fitted apart :meth:`merge` into the sums of them all.
+    """
+
+    sum: torch.Tensor
+    # One tensor per chunk of positions, so that _fit_end can free each as soon as its
+    # factors are computed: the sums and the model never have to coexist in full.
+    sum_outer: list[torch.Tensor | None]
+    shift: torch.Tensor | None = None  # (P, d); None = the first batch's mean, when it comes
+    n: int = 0
+
+    @classmethod
+    def zeros(cls, positions: int, dims: int) -> PadimSums:
+        import torch
+
+        return cls(
+            sum=torch.zeros(positions, dims, dtype=torch.float64),
+            sum_outer=[
+                torch.zeros(min(POSITION_CHUNK, positions - start), dims, dims, dtype=torch.float64)
+                for start in range(0, positions, POSITION_CHUNK)
+            ],
+        )
+
+    def add(self, embedded: torch.Tensor) -> None:
+        """Add a batch of patch vectors ``(P, d, B)``."""
+        if self.shift is None:
+            self.shift = embedded.double().mean(dim=2)  # (P, d)
+        # Chunk by chunk, so the float64 temporaries stay at chunk size.
+        for index, start in enumerate(range(0, embedded.shape[0], POSITION_CHUNK)):
+            stop = start + POSITION_CHUNK
+            part = embedded[start:stop].double() - self.shift[start:stop, :, None]
+            self.sum[start:stop] += part.sum(dim=2)
+            # In place: S2[p] += X_p X_p^T with no (chunk, d, d) temporary.
+            self.sum_outer[index].baddbmm_(part, part.transpose(1, 2))
+        self.n += embedded.shape[2]
+
+    def merge(self, other: PadimSums) -> PadimSums:
+        """Add ``other``'s sums to these, in place; returns ``self``. Both must be sums around
+        the same shift (float64 addition: exact to rounding, in any order of shards)."""
+        import torch
+
+        if self.sum.shape != other.sum.shape:
+            raise ValueError(
+                f"padim sums of {tuple(other.sum.shape)} do not merge with {tuple(self.sum.shape)}"
+            )
+        if other.n == 0:
+            return self
+        if self.shift is None:
+            self.shift = other.shift
+        elif other.shift is None or not torch.equal(self.shift, other.shift):
+            raise ValueError("padim sums around different shifts do not merge")
+        self.sum += other.sum
+        for mine, theirs in zip(self.sum_outer, other.sum_outer, strict=True):
+            mine += theirs
+        self.n += other.n
+        return self
 
 
 class PaDiM(AnomalyModel):
@@ -86,6 +153,7 @@ class PaDiM(AnomalyModel):
     default_layers: ClassVar[tuple[int, ...]] = (1, 2, 3)
     tiles_images: ClassVar[bool] = True  # one Gaussian per position of every tile
     position_aware: ClassVar[bool] = True
+    shardable: ClassVar[bool] = True  # shards' sums around one shift merge exactly
 
     def __init__(
         self,
@@ -122,8 +190,6 @@ class PaDiM(AnomalyModel):
 
     # ------------------------------------------------------------------ fit
     def _fit_begin(self) -> None:
-        import torch
-
         channels, height, width = self._probe_grid()
         dims = self.n_features
         if dims > channels:
@@ -136,18 +202,7 @@ class PaDiM(AnomalyModel):
         self.patch_grid_ = (height, width)
         rng = np.random.default_rng(self.seed)
         self.channels_ = np.sort(rng.choice(channels, size=dims, replace=False)).astype(np.int64)
-        self._n = 0
-        # Sums of (x - shift) rather than x: shifting by a per-position reference (the first
-        # batch's mean) keeps S2 / n - m m^T free of cancellation when the mean is large
-        # compared with the spread, which float64 alone would not guarantee.
-        self._shift: torch.Tensor | None = None
-        self._sum = torch.zeros(positions, dims, dtype=torch.float64)
-        # One tensor per chunk of positions, so that _fit_end can free each as soon as its
-        # factors are computed: the sums and the model never have to coexist in full.
-        self._sum_outer = [
-            torch.zeros(min(POSITION_CHUNK, positions - start), dims, dims, dtype=torch.float64)
-            for start in range(0, positions, POSITION_CHUNK)
-        ]
+        self._sums = PadimSums.zeros(positions, dims)
         logger.info(
             "padim: %dx%d positions x %d of %d channels; fit sums %.0f MiB, model %.0f MiB",
             height,
@@ -211,24 +266,45 @@ class PaDiM(AnomalyModel):
     def _fit_batch(self, features: dict[str, np.ndarray]) -> None:
         import torch
 
-        embedded = torch.from_numpy(self._by_position(features))  # (P, d, B)
-        if self._shift is None:
-            self._shift = embedded.double().mean(dim=2)  # (P, d)
-        # Chunk by chunk, so the float64 temporaries stay at chunk size.
-        for index, start in enumerate(range(0, embedded.shape[0], POSITION_CHUNK)):
-            stop = start + POSITION_CHUNK
-            part = embedded[start:stop].double() - self._shift[start:stop, :, None]
-            self._sum[start:stop] += part.sum(dim=2)
-            # In place: S2[p] += X_p X_p^T with no (chunk, d, d) temporary.
-            self._sum_outer[index].baddbmm_(part, part.transpose(1, 2))
-        self._n += embedded.shape[2]
+        self._sums.add(torch.from_numpy(self._by_position(features)))
+
+    # ------------------------------------------------------------------ sharded fit
+    def _shard_context(self, images: list[ImageInput]) -> dict[str, Any]:
+        """The common shift every shard sums around: the first batch's mean, as a local fit
+        takes it, so the merged sums are the local fit's (the shift only has to be shared,
+        but this one also keeps the factors equal to the local fit's to float rounding)."""
+        import torch
+
+        first = next(self._batches(images[: self.batch_size], desc="padim: shift"))
+        _, features = next(self._features(first))
+        shift = torch.from_numpy(self._by_position(features)).double().mean(dim=2)
+        return {"shift": shift.numpy()}
+
+    def _use_shard_context(self, context: dict[str, Any]) -> None:
+        import torch
+
+        # A copy: Ray hands a worker read-only arrays out of its object store.
+        self._sums.shift = torch.from_numpy(np.array(context["shift"], dtype=np.float64))
+
+    def _shard_summary(self) -> PadimSums:
+        summary, self._sums = self._sums, None
+        return summary
+
+    def _fit_shards(self, summaries: Iterable[Any]) -> dict[str, Any]:
+        count = 0
+        for summary in summaries:  # one at a time: the driver holds one shard's sums at most
+            self._sums.merge(summary)
+            count += 1
+        self._fit_end()
+        return {"statistics": f"exact: float64 sums of {count} shards around one shift"}
 
     def _fit_end(self) -> None:
         import torch
 
-        n = self._n
-        positions, dims = self._sum.shape
-        mean_shifted = self._sum / n  # (P, d)
+        sums, self._sums = self._sums, None
+        n = sums.n
+        positions, dims = sums.sum.shape
+        mean_shifted = sums.sum / n  # (P, d)
         # Unbiased covariance; a single image has none, leaving epsilon * I.
         denominator = max(n - 1, 1)
         # Dense in memory: unpacking a triangle on every scored batch would cost as much as
@@ -239,7 +315,7 @@ class PaDiM(AnomalyModel):
         for index, start in enumerate(range(0, positions, POSITION_CHUNK)):
             stop = min(start + POSITION_CHUNK, positions)
             m = mean_shifted[start:stop]
-            sum_outer, self._sum_outer[index] = self._sum_outer[index], None
+            sum_outer, sums.sum_outer[index] = sums.sum_outer[index], None
             # S2 / n - m m^T, scaled to the unbiased estimate; in place, no (chunk, d, d) copy.
             covariance = sum_outer.baddbmm_(m[:, :, None], m[:, None, :], alpha=-n)
             del sum_outer
@@ -258,10 +334,9 @@ class PaDiM(AnomalyModel):
             identity = eye.expand_as(cholesky).contiguous()
             inverse = torch.linalg.solve_triangular(cholesky, identity, upper=False)
             factors[start:stop] = inverse.float().numpy()
-        self.mean_ = (mean_shifted + self._shift).float().numpy()  # (P, d)
+        self.mean_ = (mean_shifted + sums.shift).float().numpy()  # (P, d)
         self.inv_cholesky_ = factors  # (P, d, d), lower triangular
         self.n_train_patches_ = n * positions
-        del self._sum, self._sum_outer, self._shift
         logger.info(
             "padim model: %d positions x %d dims, %.1f MiB of float32 arrays",
             positions,

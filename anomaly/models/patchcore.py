@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -20,6 +21,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BANK_FILE = "memory_bank.faiss"
+
+
+@dataclass
+class ShardCoreset:
+    """What a shard of a sharded PatchCore fit returns: the streaming coreset of its patches
+    ``(M, D)``, how many patches it saw and their grid."""
+
+    bank: np.ndarray
+    n_patches: int
+    patch_grid: tuple[int, ...]
 
 
 class PatchCore(AnomalyModel):
@@ -58,6 +69,7 @@ class PatchCore(AnomalyModel):
     extra_files: ClassVar[tuple[str, ...]] = (BANK_FILE,)
     incremental: ClassVar[bool] = True  # the memory bank grows in place (partial_fit)
     tiles_images: ClassVar[bool] = True  # one bank over every tile's patches
+    shardable: ClassVar[bool] = True  # shards' coresets merge into one (fit_sharded)
 
     def __init__(
         self,
@@ -132,9 +144,40 @@ class PatchCore(AnomalyModel):
 
     def _fit_end(self) -> None:
         self._flush()
-        bank = self._coreset.bank().numpy()
-        self.n_train_patches_ = self._coreset.n_seen
+        bank, n_patches = self._coreset.bank().numpy(), self._coreset.n_seen
         del self._coreset, self._pending
+        self._build_bank(bank, n_patches)
+
+    # ------------------------------------------------------------------ sharded fit
+    def _shard_summary(self) -> ShardCoreset:
+        """The shard's streaming coreset (same ratio, projection and seed as a local fit)."""
+        self._flush()
+        summary = ShardCoreset(self._coreset.bank().numpy(), self._coreset.n_seen, self.patch_grid_)
+        del self._coreset, self._pending
+        return summary
+
+    def _fit_shards(self, summaries: Iterable[Any]) -> dict[str, str]:
+        """The bank: a final greedy pass over the union of the shards' coresets keeping
+        ``coreset_ratio`` of every shard's patches (a coreset of coresets, approximate)."""
+        from anomaly.components.coreset import merge_coresets
+
+        shards: list[ShardCoreset] = list(summaries)
+        del self._coreset, self._pending
+        n_patches = sum(shard.n_patches for shard in shards)
+        union = sum(len(shard.bank) for shard in shards)
+        self.patch_grid_ = shards[0].patch_grid
+        bank = merge_coresets(
+            [shard.bank for shard in shards],
+            n_patches,
+            self.coreset_ratio,
+            self.projection_dim,
+            self.seed,
+        )
+        self._build_bank(bank, n_patches)
+        return {"bank": f"coreset of {len(shards)} shard coresets ({union} -> {len(bank)} vectors)"}
+
+    def _build_bank(self, bank: np.ndarray, n_patches: int) -> None:
+        self.n_train_patches_ = n_patches
         self.memory_bank_ = MemoryBank(self.index, ef_search=self.ef_search).fit(bank)
         logger.info(
             "memory bank: %d of %d patches (%.2f%%), %d dims",
