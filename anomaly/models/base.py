@@ -740,7 +740,7 @@ class AnomalyModel:
             *lines,
             f"groups ({self.group_by}): {', '.join(scales.names_)}; each part's group recognised "
             f"from its features (train accuracy {scales.train_accuracy_:.1%}{recognised}), its "
-            "score standardised within the group on the good validation images"
+            "score standardised within the group on the good validation images",
         ]
 
     # ------------------------------------------------------------------ bundles
