@@ -540,7 +540,8 @@ class AnomalyModel:
         if not images:
             return np.empty(0), [], {}
         if self.tiling_ is None:
-            features, scores, patch_grids = self._score_group(images)
+            ((_, features),) = self._features(images)
+            scores, patch_grids = self._scores(features)
             maps = [
                 anomaly_map(grid, self.image_size, image.shape[:2], self.blur_sigma)
                 for grid, image in zip(patch_grids, images, strict=True)
@@ -565,14 +566,6 @@ class AnomalyModel:
                     vectors.setdefault(name, []).append(value)
             start = stop
         return scores, maps, {name: np.concatenate(parts) for name, parts in vectors.items()}
-
-    def _score_group(
-        self, images: Sequence[np.ndarray]
-    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        """Features, scores and patch grids of whole (untiled) images."""
-        with limited_threads(self.num_threads):
-            features = self.runtime_(images)
-        return (features, *self._scores(features))
 
     def _scores(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Image scores and patch grids of a batch's features, group scales applied."""
@@ -603,7 +596,9 @@ class AnomalyModel:
         """
         tiling = self.tiling()
         if not tiling.active:
-            yield [[Box(0, 0, *image.shape[:2])] for image in images], self.runtime_(images)
+            with limited_threads(self.num_threads):
+                features = self.runtime_(images)
+            yield [[Box(0, 0, *image.shape[:2])] for image in images], features
             return
         boxes = [tiling.boxes(*image.shape[:2]) for image in images]
         start = 0
@@ -635,6 +630,11 @@ class AnomalyModel:
                 },
             )
             start = stop
+
+    @property
+    def tiles_per_image(self) -> int:
+        """Tiles of a training-size image as fitted (1 when images are squashed whole)."""
+        return self.tiling_["tiles_per_image"] if self.tiling_ else 1
 
     def input_tiles(self, image: np.ndarray) -> list[np.ndarray]:
         """What the feature graph sees of ``image`` before resizing: its tiles, or the whole
@@ -978,8 +978,9 @@ class AnomalyModel:
         return TorchRuntime(self.extractor_, self.embed, self.image_size)
 
     def _batches(self, images: list[ImageInput], desc: str) -> Iterator[list[np.ndarray]]:
-        tiles = self.tiling_["tiles_per_image"] if self.tiling_ else 1
-        for chunk in batches(images, self.batch_size, desc, self.progress, tiles_per_item=tiles):
+        for chunk in batches(
+            images, self.batch_size, desc, self.progress, tiles_per_item=self.tiles_per_image
+        ):
             yield [_as_array(image) for image in chunk]
 
 

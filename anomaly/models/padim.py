@@ -242,8 +242,7 @@ class PaDiM(AnomalyModel):
             maps = self.extractor_(batch)
         height, width = maps[0].shape[-2:]
         # Tiled, an image's tiles are stacked along the height (models.base._features).
-        tiles = self.tiling_["tiles_per_image"] if self.tiling_ else 1
-        return sum(m.shape[1] for m in maps), tiles * height, width
+        return sum(m.shape[1] for m in maps), self.tiles_per_image * height, width
 
     def _embed(self, feature_maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The stages stacked on the finest grid, the chosen channels: ``(B, d, h, w)``."""

@@ -131,7 +131,7 @@ class PatchCore(AnomalyModel):
         self.patch_grid_ = tuple(int(v) for v in patches.shape[-2:])
         self._pending.append(_flatten(patches))
         # Tiles count as images: a chunk holds chunk_images tiles' patches, whatever the tiling.
-        self._pending_images += patches.shape[0] * (self.tiling_ or {}).get("tiles_per_image", 1)
+        self._pending_images += patches.shape[0] * self.tiles_per_image
         if self._pending_images >= max(1, self.chunk_images):
             self._flush()
 
