@@ -50,6 +50,7 @@ class PatchCoreConfig:
     coreset_ratio: float = 0.01
     projection_dim: int = 128
     chunk_images: int = 64
+    coreset_candidates: int = 0  # 0 = every patch; k = k x a chunk's picks (linear-time fits)
     feature_dim: int = 1024
     num_neighbors: int = 9
     index: str = "flat"  # "flat" (exact) or "hnsw" (approximate, for large banks)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from anomaly.components.coreset import StreamingCoreset, greedy_kcenter
+from anomaly.components.coreset import ProjectedBank, StreamingCoreset, greedy_kcenter
 
 
 def _clusters(centres: np.ndarray, per_cluster: int, seed: int = 0) -> torch.Tensor:
@@ -65,3 +65,43 @@ def test_coreset_is_deterministic_for_a_seed():
     assert len(np.unique(a, axis=0)) == len(a) == 50
     other = _one_pass(points, 0.1, projection_dim=8, seed=8)
     assert not np.array_equal(a, other)  # the seed decides the start and the projection
+
+
+def test_candidates_change_nothing_when_they_cover_the_whole_chunk():
+    points = torch.from_numpy(
+        np.random.default_rng(4).standard_normal((600, 16)).astype(np.float32)
+    )
+    banks = []
+    for candidates in (0, 50):  # 50 x 6 picks per chunk >= its 200 patches: every patch
+        coreset = StreamingCoreset(0.03, projection_dim=8, seed=1, candidates=candidates)
+        for start in range(0, 600, 200):
+            coreset.add(points[start : start + 200])
+        banks.append(coreset.bank().numpy())
+    np.testing.assert_array_equal(banks[0], banks[1])
+
+
+def test_candidates_still_skip_patterns_the_bank_covers():
+    centres = np.eye(3, 16, dtype=np.float32) * 10
+    first = _clusters(centres[:2], per_cluster=50, seed=0)
+    second = torch.cat([_clusters(centres[:2], 45, seed=1), _clusters(centres[2:], 10, seed=2)])
+    coreset = StreamingCoreset(ratio=0.02, projection_dim=16, seed=0, candidates=2)
+    coreset.add(first)
+    coreset.add(second)  # 2 picks among 4 candidates out of 100 patches
+    bank = coreset.bank().numpy()
+    nearest_centre = np.linalg.norm(bank[:, None] - centres[None], axis=2).argmin(axis=1)
+    assert len(bank) == 4 and set(nearest_centre) == {0, 1, 2}
+
+
+def test_bank_distances_agree_for_small_and_large_query_batches():
+    rng = np.random.default_rng(5)
+    bank = ProjectedBank(8)
+    for _ in range(3):  # grown in steps, as chunks add their picks
+        bank.add(torch.from_numpy(rng.standard_normal((700, 8)).astype(np.float32)))
+    queries = torch.from_numpy(rng.standard_normal((ProjectedBank.FAISS_MIN_QUERIES, 8)))
+    queries = queries.float()
+    large = bank.min_distances(queries)  # faiss's search
+    small = torch.cat([bank.min_distances(queries[i : i + 100]) for i in range(0, 4096, 100)])
+    stored = np.concatenate([bank.index.reconstruct_n(0, bank.size)])
+    exact = ((queries.numpy()[:, None] - stored[None]) ** 2).sum(axis=2).min(axis=1)
+    np.testing.assert_allclose(small.numpy(), exact, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(large.numpy(), exact, rtol=1e-4, atol=1e-4)

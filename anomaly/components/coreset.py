@@ -8,7 +8,12 @@ The published method runs one greedy pass over every training patch, so its time
 (patches x coreset size), i.e. with the square of the number of images. Here the pass streams over
 chunks of images instead: each chunk's patches start from their distance to the bank chosen so
 far, then the chunk adds its share of the coreset greedily. Patterns already covered cost no
-picks, and fit time and memory grow linearly with the number of images.
+picks. Measuring every patch against the bank still grows with the bank, so for large fits
+``candidates=k`` measures only ``k`` times a chunk's share: the chunk first picks those
+candidates greedily among its own patches (a finer cover of the chunk than its share needs),
+and its share is then picked among them. The work per image is then a greedy pass whose size
+the chunk sets plus a few candidates' search, and fit time stays close to linear in the number
+of images (``benchmarks/scale.py`` measures both).
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
+
+#: Bank rows compared with the candidates at once (bounds the distance matrix's memory).
+_BANK_BLOCK = 16_384
 
 
 class RandomProjection:
@@ -73,22 +81,78 @@ def greedy_kcenter(
     return selected
 
 
+class ProjectedBank:
+    """The projected vectors chosen so far, and each query's squared distance to the nearest.
+
+    The vectors live in a faiss flat index. A large batch of queries (every patch of a chunk)
+    goes through faiss's exact search; a small one (a chunk's few candidates) is compared with
+    the index's own storage by blocked matrix products instead, which for a few hundred queries
+    is several times faster than faiss's search.
+    """
+
+    #: Queries from which faiss's search is used.
+    FAISS_MIN_QUERIES = 4096
+
+    def __init__(self, dim: int) -> None:
+        self.index = faiss.IndexFlatL2(dim)
+        self._norms = np.empty(0, dtype=np.float32)
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, vectors: torch.Tensor) -> None:
+        vectors = vectors.contiguous().numpy()
+        self.index.add(vectors)
+        self._norms = np.concatenate([self._norms, (vectors * vectors).sum(axis=1)])
+
+    def min_distances(self, queries: torch.Tensor) -> torch.Tensor:
+        queries = queries.contiguous()
+        if len(queries) >= self.FAISS_MIN_QUERIES:
+            distances, _ = self.index.search(queries.numpy(), 1)
+            return torch.from_numpy(distances[:, 0].copy())
+        # A view of the index's vectors, no copy.
+        stored = faiss.rev_swig_ptr(self.index.get_xb(), self.size * self.index.d)
+        vectors = torch.from_numpy(stored).view(self.size, self.index.d)
+        norms = torch.from_numpy(self._norms)
+        nearest = torch.full((len(queries),), float("inf"))
+        for start in range(0, self.size, _BANK_BLOCK):
+            stop = min(start + _BANK_BLOCK, self.size)
+            # |b|^2 - 2 q.b for the block, then the row minimum; |q|^2 is added once at the end.
+            block = torch.addmm(
+                norms[start:stop].unsqueeze(0), queries, vectors[start:stop].T, alpha=-2.0
+            )
+            torch.minimum(nearest, block.min(dim=1).values, out=nearest)
+        return (nearest + (queries * queries).sum(dim=1)).clamp_(min=0.0)
+
+
 class StreamingCoreset:
     """Stream chunks of patch features through greedy k-center selection.
 
     ``add(chunk)`` takes the patch features ``(n, D)`` of a chunk of images and keeps
     ``ceil(ratio * n)`` of them; ``bank()`` returns the kept features ``(M, D)``. One ``add`` of
-    every patch is the paper's single global greedy pass.
+    every patch is the paper's single global greedy pass. ``candidates`` (0 = every patch)
+    bounds how many of a chunk's patches, as a multiple of its picks, are measured against the
+    bank (see the module's docstring).
     """
 
-    def __init__(self, ratio: float, projection_dim: int = 128, seed: int = 0) -> None:
+    def __init__(
+        self,
+        ratio: float,
+        projection_dim: int = 128,
+        seed: int = 0,
+        candidates: int = 0,
+    ) -> None:
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"coreset_ratio={ratio}: must be in (0, 1]")
+        if candidates < 0:
+            raise ValueError(f"candidates={candidates}: must be 0 (every patch) or more")
         self.ratio = ratio
         self.projection_dim = projection_dim
         self.seed = seed
+        self.candidates = candidates
         self._projection: RandomProjection | None = None
-        self._projected_bank: faiss.IndexFlatL2 | None = None
+        self._projected_bank: ProjectedBank | None = None
         self._kept: list[torch.Tensor] = []
         self._rng = np.random.default_rng(seed)
         self.n_seen = 0
@@ -103,13 +167,13 @@ class StreamingCoreset:
         if self.ratio >= 1.0 or bank.shape[0] == 0:
             return
         self._start_projection(bank.shape[1])
-        self._projected_bank.add(self._projection(bank).contiguous().numpy())
+        self._projected_bank.add(self._projection(bank))
 
     def _start_projection(self, dim: int) -> None:
-        """Create the seeded projection and its index on the first features seen."""
+        """Create the seeded projection and the projected bank on the first features seen."""
         if self._projection is None:
             self._projection = RandomProjection(dim, self.projection_dim, self.seed)
-            self._projected_bank = faiss.IndexFlatL2(self._projection.out_dim)
+            self._projected_bank = ProjectedBank(self._projection.out_dim)
 
     def add(self, features: torch.Tensor) -> None:
         features = features.float().contiguous()
@@ -121,15 +185,19 @@ class StreamingCoreset:
         self._start_projection(features.shape[1])
         projected = self._projection(features).contiguous()
         n_select = max(1, int(np.ceil(self.ratio * n_points)))
-        if self._projected_bank.ntotal == 0:
-            min_distances = None
-        else:
-            # Batched search takes faiss's matrix-multiply path: one call for the whole chunk.
-            distances, _ = self._projected_bank.search(projected.numpy(), 1)
-            min_distances = torch.from_numpy(distances[:, 0].copy())
         start = int(self._rng.integers(n_points))
-        chosen = greedy_kcenter(projected, n_select, min_distances, start=start)
-        self._projected_bank.add(projected[chosen].numpy())
+        if self._projected_bank.size == 0:
+            chosen = greedy_kcenter(projected, n_select, start=start)
+        else:
+            n_candidates = self.candidates * n_select
+            if 0 < n_candidates < n_points:
+                candidates = greedy_kcenter(projected, n_candidates, start=start)
+            else:
+                candidates = np.arange(n_points)
+            candidate_points = projected[candidates].contiguous()
+            distances = self._projected_bank.min_distances(candidate_points)
+            chosen = candidates[greedy_kcenter(candidate_points, n_select, distances)]
+        self._projected_bank.add(projected[chosen])
         self._kept.append(features[chosen].clone())
 
     def bank(self) -> torch.Tensor:
@@ -144,13 +212,19 @@ def merge_coresets(
     ratio: float,
     projection_dim: int = 128,
     seed: int = 0,
+    chunk_size: int = 8192,
 ) -> np.ndarray:
     """One bank from the coresets of shards of the training patches: a coreset of coresets.
 
-    ``banks`` are the shards' coresets ``(M_i, D)``, kept from ``n_patches`` patches in all;
-    a final greedy k-center pass over their union (on the same seeded projection) keeps
+    ``banks`` are the shards' coresets ``(M_i, D)`` (oversampled: each keeps a larger share of
+    its patches than the bank will), kept from ``n_patches`` patches in all. Their union is
+    streamed, ``chunk_size`` vectors at a time (a chunk keeps a large share of its vectors, so
+    its greedy pass grows with its square: small chunks keep the merge linear), through the
+    same streaming greedy pass (on the same seeded projection), which keeps
     ``ceil(ratio * n_patches)`` vectors, the size one pass over every patch keeps, or the whole
-    union when it is smaller. Returns rows of the union, in the order they were picked.
+    union when it is smaller. Later shards' vectors
+    are thus kept only where the earlier shards' picks do not cover them, as in a local fit.
+    Returns rows of the union.
 
     Approximate: a shard's coreset covers its own patches only, so the union covers every patch
     within the largest shard covering radius, and the final pass adds its own radius on top.
@@ -161,7 +235,8 @@ def merge_coresets(
     n_select = max(1, int(np.ceil(ratio * n_patches)))
     if n_select >= len(union):
         return union.numpy()
-    projected = RandomProjection(union.shape[1], projection_dim, seed)(union).contiguous()
-    start = int(np.random.default_rng(seed).integers(len(union)))
-    chosen = greedy_kcenter(projected, n_select, start=start)
-    return union[chosen].numpy()
+    coreset = StreamingCoreset(n_select / len(union), projection_dim, seed)
+    for start in range(0, len(union), chunk_size):
+        coreset.add(union[start : start + chunk_size])
+    # Each chunk rounds its share up: drop the surplus, the last chunk's latest picks.
+    return coreset.bank()[:n_select].numpy()

@@ -91,6 +91,7 @@ class Hybrid(PatchCore):
         coreset_ratio: float = 0.01,
         projection_dim: int = 128,
         chunk_images: int = 64,
+        coreset_candidates: int = 0,
         feature_dim: int = 1024,
         num_neighbors: int = 9,
         index: str = "flat",
