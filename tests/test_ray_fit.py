@@ -81,6 +81,21 @@ def test_coreset_of_coresets_keeps_the_target_size_out_of_the_union() -> None:
         merge_coresets([], 10, 0.1)
 
 
+def test_the_merge_keeps_a_later_shard_only_where_earlier_picks_do_not_cover_it() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 16, dtype=np.float32) * 10
+
+    def cluster(index: int, n: int) -> np.ndarray:
+        return centres[index] + 0.01 * rng.standard_normal((n, 16)).astype(np.float32)
+
+    first = np.concatenate([cluster(0, 20), cluster(1, 20)])
+    # The second shard repeats both patterns and brings a third, in a few vectors only.
+    second = np.concatenate([cluster(0, 18), cluster(1, 18), cluster(2, 4)])
+    merged = merge_coresets([first, second], n_patches=300, ratio=0.01, chunk_size=40)
+    nearest = np.linalg.norm(merged[:, None] - centres[None], axis=2).argmin(axis=1)
+    assert len(merged) == 3 and set(nearest) == {0, 1, 2}  # one vector per pattern
+
+
 def test_shards_are_contiguous_and_even() -> None:
     assert split_shards(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
     assert split_shards([0, 1], 4) == [[0], [1]]  # never an empty shard
@@ -167,7 +182,8 @@ def test_patchcore_ray_fit_keeps_the_bank_size_and_the_auroc(ray_cluster, data_r
         "workers": 2,
         "shards": 2,
     }
-    assert engine["bank"].startswith("coreset of 2 shard coresets")
+    # Each shard of 6 images (384 patches) keeps its share, 96: the union is the bank's size.
+    assert engine["bank"] == "coreset of 2 shard coresets (192 -> 192 vectors)"
     # 12 train images of 8 x 8 patches: ceil(0.25 * 768) = 192 vectors, as the local bank.
     assert load_bundle(tmp_path / "ray").memory_bank_.size == 192
     assert load_bundle(tmp_path / "local").memory_bank_.size == 192
