@@ -51,25 +51,27 @@ def load() -> str:
     return "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
 
-def write_train_images(n: int) -> Path:
-    """``n`` good ELPV training cells as PNG files: each cell under the 8 symmetries of the
-    square, then the same shifted by 8 pixels (circularly), and so on (written once, reused)."""
+def write_cells(split: str, n: int, folder: Path) -> Path:
+    """``n`` ELPV cells of ``split`` (its good ones only for ``train``) as PNG files in
+    ``folder``: each cell as it is, then under the other symmetries of the square (rotated by
+    90 degrees, then flipped), then the same shifted by 8 pixels (circularly), and so on.
+    Files already there are kept (written once, reused)."""
     import cv2
 
     from anomaly.config import FitConfig, build_config
     from anomaly.data import load_dataset
     from anomaly.io.images import load_image
 
-    folder = OUT / "train"
     folder.mkdir(parents=True, exist_ok=True)
     config = build_config(FitConfig, None, [], **{"data.category": "elpv"})
-    good = [s.path for s in load_dataset(config).select("train") if s.label == 0]
+    samples = load_dataset(config).select(split)
+    cells = [s.path for s in samples if split != "train" or s.label == 0]
     for i in range(n):
         path = folder / f"cell{i:05d}.png"
         if path.is_file():
             continue
-        variant = i // len(good)
-        image = np.rot90(load_image(good[i % len(good)]), variant % 4)
+        variant = i // len(cells)
+        image = np.rot90(load_image(cells[i % len(cells)]), variant % 4)
         if (variant // 4) % 2:
             image = image[:, ::-1]
         image = np.roll(image, 8 * (variant // 8), axis=(0, 1))
@@ -124,7 +126,7 @@ def fit_child(n: int, overrides: list[str], ef_search: int) -> dict:
 
 
 def run_fit_part(sizes: list[int], default_sizes: list[int], ef_search: int) -> list[dict]:
-    write_train_images(max(sizes + default_sizes))
+    write_cells("train", max(sizes + default_sizes), OUT / "train")
     rows = []
     jobs = [(n, SCALABLE) for n in sizes] + [(n, []) for n in default_sizes]
     for n, overrides in jobs:
@@ -207,27 +209,6 @@ class PeakRss:
         }
 
 
-def write_images(n: int) -> Path:
-    """``n`` PNG files from ELPV's test cells (flipped and rotated past the first 443)."""
-    import cv2
-
-    from anomaly.config import FitConfig, build_config
-    from anomaly.data import load_dataset
-    from anomaly.io.images import load_image
-
-    folder = OUT / f"images{n}"
-    if folder.is_dir() and len(list(folder.glob("*.png"))) == n:
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    config = build_config(FitConfig, None, [], **{"data.category": "elpv"})
-    test = [s.path for s in load_dataset(config).select("test")]
-    for i in range(n):
-        image = np.rot90(load_image(test[i % len(test)]), i // len(test))
-        cv2.imwrite(str(folder / f"cell{i:05d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    return folder
-
-
 def score_run(model: str, folder: Path, engine: list[str], out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     command = [
@@ -257,7 +238,7 @@ def score_run(model: str, folder: Path, engine: list[str], out: Path) -> dict:
 
 
 def run_ray_part(model: str, n: int) -> dict:
-    folder = write_images(n)
+    folder = write_cells("test", n, OUT / f"images{n}")  # only ever these n files
     print(f"scoring {n} files with {model}, {load()}", flush=True)
     runs = {}
     for name, engine in (

@@ -216,14 +216,13 @@ def merge_coresets(
 ) -> np.ndarray:
     """One bank from the coresets of shards of the training patches: a coreset of coresets.
 
-    ``banks`` are the shards' coresets ``(M_i, D)`` (oversampled: each keeps a larger share of
-    its patches than the bank will), kept from ``n_patches`` patches in all. Their union is
-    streamed, ``chunk_size`` vectors at a time (a chunk keeps a large share of its vectors, so
-    its greedy pass grows with its square: small chunks keep the merge linear), through the
-    same streaming greedy pass (on the same seeded projection), which keeps
+    ``banks`` are the shards' coresets ``(M_i, D)``, kept from ``n_patches`` patches in all.
+    Their union is streamed, ``chunk_size`` vectors at a time (a chunk keeps a large share of
+    its vectors, so its greedy pass grows with its square: small chunks keep the merge linear),
+    through the same streaming greedy pass (on the same seeded projection), which keeps
     ``ceil(ratio * n_patches)`` vectors, the size one pass over every patch keeps, or the whole
-    union when it is smaller. Later shards' vectors
-    are thus kept only where the earlier shards' picks do not cover them, as in a local fit.
+    union when it is smaller. Later shards' vectors are thus kept only where the earlier
+    shards' picks do not cover them, as in a local fit.
     Returns rows of the union.
 
     Approximate: a shard's coreset covers its own patches only, so the union covers every patch

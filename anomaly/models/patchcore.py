@@ -23,11 +23,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BANK_FILE = "memory_bank.faiss"
-#: A shard of a sharded fit keeps this many times its share of the coreset for the final pass
-#: over the shards' union to choose from. 2 helped in a prototype with 8-image chunks (ELPV
-#: validation AUROC 0.914 vs 0.900) but lost 0.017 test AUROC at the defaults (64-image chunks),
-#: so shards keep their plain share until that is understood.
-SHARD_OVERSAMPLE = 1
 
 
 @dataclass
@@ -171,12 +166,8 @@ class PatchCore(AnomalyModel):
         self._build_bank(bank, n_patches)
 
     # ------------------------------------------------------------------ sharded fit
-    def _use_shard_context(self, context: dict[str, Any]) -> None:
-        """A shard keeps ``SHARD_OVERSAMPLE`` times its share (the driver's coreset is unused)."""
-        self._coreset = self._streaming_coreset(min(1.0, SHARD_OVERSAMPLE * self.coreset_ratio))
-
     def _shard_summary(self) -> ShardCoreset:
-        """The shard's streaming coreset (oversampled; same projection and seed as a local fit)."""
+        """The shard's streaming coreset (same ratio, projection and seed as a local fit)."""
         self._flush()
         summary = ShardCoreset(self._coreset.bank().numpy(), self._coreset.n_seen, self.patch_grid_)
         del self._coreset, self._pending
