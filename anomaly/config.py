@@ -52,6 +52,8 @@ class PatchCoreConfig:
     chunk_images: int = 64
     coreset_candidates: int = 0  # 0 = every patch; k = k x a chunk's picks (linear-time fits)
     feature_dim: int = 1024
+    # 3x3 patch averages at the map's border: "zeros" (as published) or "ignore" (older bundles)
+    neighbourhood_padding: str = "zeros"
     num_neighbors: int = 9
     index: str = "flat"  # "flat" (exact) or "hnsw" (approximate, for large banks)
     ef_search: int = 64  # hnsw only: candidates per query; lower = faster, less exact

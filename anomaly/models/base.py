@@ -257,6 +257,10 @@ class AnomalyModel:
         )
         return self
 
+    #: Parameters added after bundles were first saved, with the value those bundles were
+    #: fitted with (a new default must not change how an old bundle scores).
+    legacy_params: ClassVar[dict[str, Any]] = {}
+
     # ------------------------------------------------------------------ sharded fitting
     #: True for models whose fit reduces shards of the good images apart and merges the
     #: shards' summaries (:meth:`fit_sharded`): PatchCore and PaDiM.
@@ -793,7 +797,9 @@ class AnomalyModel:
         name = metadata.get("model")
         if name != cls.model_name:
             raise BundleError(f"{bundle_dir}: holds a {name!r} model, not {cls.model_name!r}")
-        model = cls(**metadata["params"])
+        # A parameter added since the bundle was saved takes the value the bundle was fitted
+        # with, not today's default: an old bundle keeps scoring as it did.
+        model = cls(**{**cls.legacy_params, **metadata["params"]})
         model.load_state(tensors, bundle_dir)
         model.group_scales_ = GroupScales.from_tensors(tensors, bundle_dir)
         if (model.group_scales_ is None) != (model.group_by is None):

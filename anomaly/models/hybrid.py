@@ -93,6 +93,7 @@ class Hybrid(PatchCore):
         chunk_images: int = 64,
         coreset_candidates: int = 0,
         feature_dim: int = 1024,
+        neighbourhood_padding: str = "zeros",
         num_neighbors: int = 9,
         index: str = "flat",
         ef_search: int = 64,

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BANK_FILE = "memory_bank.faiss"
+#: How a patch's 3x3 average treats the part of its window beyond the feature map
+#: (:func:`anomaly.components.features.patch_features`).
+NEIGHBOURHOOD_PADDINGS = ("zeros", "ignore")
 
 
 @dataclass
@@ -60,6 +63,10 @@ class PatchCore(AnomalyModel):
             close to linear in the images (2, with ``chunk_images=4``, for thousands of
             images; ``benchmarks/scale.py``).
         feature_dim: patch features wider than this are averaged down to it.
+        neighbourhood_padding: ``"zeros"`` (as published: the 3x3 average of a border patch
+            counts the window beyond the map as zeros, so edges are compared with edges) or
+            ``"ignore"`` (averages only inside the map; bundles saved before this parameter
+            existed were fitted so, and keep it).
         num_neighbors: neighbours of the nearest bank vector used to re-weight the image score
             (1 disables re-weighting).
         index: ``"flat"`` (exact search) or ``"hnsw"`` (approximate, for very large banks).
@@ -77,6 +84,8 @@ class PatchCore(AnomalyModel):
     incremental: ClassVar[bool] = True  # the memory bank grows in place (partial_fit)
     tiles_images: ClassVar[bool] = True  # one bank over every tile's patches
     shardable: ClassVar[bool] = True  # shards' coresets merge into one (fit_sharded)
+    # Bundles saved before neighbourhood_padding existed averaged inside the map only.
+    legacy_params: ClassVar[dict[str, Any]] = {"neighbourhood_padding": "ignore"}
 
     def __init__(
         self,
@@ -89,6 +98,7 @@ class PatchCore(AnomalyModel):
         chunk_images: int = 64,
         coreset_candidates: int = 0,
         feature_dim: int = 1024,
+        neighbourhood_padding: str = "zeros",
         num_neighbors: int = 9,
         index: str = "flat",
         ef_search: int = 64,
@@ -112,6 +122,11 @@ class PatchCore(AnomalyModel):
             raise DataError(
                 f"coreset_candidates={self.coreset_candidates}: must be 0 (every patch) or more"
             )
+        if self.neighbourhood_padding not in NEIGHBOURHOOD_PADDINGS:
+            raise DataError(
+                f"neighbourhood_padding={self.neighbourhood_padding!r}: choose one of "
+                f"{', '.join(NEIGHBOURHOOD_PADDINGS)}"
+            )
         if self.index not in INDEX_TYPES:
             raise DataError(f"index={self.index!r}: choose one of {', '.join(INDEX_TYPES)}")
         if self.ef_search < 1:
@@ -123,7 +138,9 @@ class PatchCore(AnomalyModel):
     def _embed(self, feature_maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         from anomaly.components.features import patch_features
 
-        return {"patches": patch_features(self._bank_maps(feature_maps), self.feature_dim)}
+        maps = self._bank_maps(feature_maps)
+        patches = patch_features(maps, self.feature_dim, padding=self.neighbourhood_padding)
+        return {"patches": patches}
 
     def _bank_maps(self, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
         """The maps of the bank's stages among those the extractor returns."""
