@@ -126,6 +126,7 @@ def main() -> int:
     parser.add_argument("--exports", default=EXPORTS, help="format:precision,... to compare")
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config of the fits")
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure)))
@@ -137,14 +138,14 @@ def main() -> int:
 
     source = args.model or f"runs/benchmark/{args.category}/patchcore"
     exports = [tuple(item.split(":")) for item in args.exports.split(",")]
-    sources = [(source, [], exports)]
+    sources = [(source, list(args.overrides), exports)]
     if args.ef_search:  # the approximate bank in the fp32 exports only
-        hnsw = ["patchcore.index=hnsw", f"patchcore.ef_search={args.ef_search}"]
+        hnsw = [*args.overrides, "patchcore.index=hnsw", f"patchcore.ef_search={args.ef_search}"]
         fp32 = [(fmt, precision) for fmt, precision in exports if precision == "fp32"]
         sources.append((f"{source}-hnsw{args.ef_search}", hnsw, fp32))
     bundles = []
     for bundle, overrides, exports in sources:
-        if args.model is None or overrides:
+        if args.model is None or bundle != source:
             fit = build_config(
                 FitConfig,
                 None,

@@ -125,10 +125,12 @@ def fit_child(n: int, overrides: list[str], ef_search: int) -> dict:
     return result
 
 
-def run_fit_part(sizes: list[int], default_sizes: list[int], ef_search: int) -> list[dict]:
+def run_fit_part(
+    sizes: list[int], default_sizes: list[int], ef_search: int, extra: list[str]
+) -> list[dict]:
     write_cells("train", max(sizes + default_sizes), OUT / "train")
     rows = []
-    jobs = [(n, SCALABLE) for n in sizes] + [(n, []) for n in default_sizes]
+    jobs = [(n, [*SCALABLE, *extra]) for n in sizes] + [(n, extra) for n in default_sizes]
     for n, overrides in jobs:
         print(
             f"fit {n} images {' '.join(overrides) or '(default one pass)'} ... {load()}", flush=True
@@ -277,7 +279,7 @@ def run_ray_part(model: str, n: int) -> dict:
     return figures
 
 
-def run_rayfit_part() -> dict:
+def run_rayfit_part(overrides: list[str]) -> dict:
     figures = {}
     for name, extra in (("local", []), ("ray", ["--engine", "ray"])):
         out = OUT / f"elpv-fit-{name}"
@@ -293,6 +295,7 @@ def run_rayfit_part() -> dict:
                 "--out",
                 str(out),
                 *extra,
+                *overrides,
             ],
             check=True,
             stdout=subprocess.DEVNULL,
@@ -325,6 +328,8 @@ def main() -> int:
     parser.add_argument("--model", default="runs/benchmark/elpv/patchcore")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--child-fit", type=int, help=argparse.SUPPRESS)
+    # Anything else is a config key=value for every fit (e.g. patchcore.neighbourhood_padding=
+    # ignore, the setting the README's figures of 2026-12-02 (5) were measured with).
     args, overrides = parser.parse_known_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.child_fit:
@@ -335,14 +340,14 @@ def main() -> int:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     print(f"{os.cpu_count()} CPUs, {load()}")
     if "fit" in args.parts:
-        results["fit"] = run_fit_part(args.sizes, args.default_sizes, args.ef_search)
+        results["fit"] = run_fit_part(args.sizes, args.default_sizes, args.ef_search, overrides)
         results_path.write_text(json.dumps(results, indent=1))
     if "ray" in args.parts:
         results["ray"] = run_ray_part(args.model, args.images)
         print(json.dumps(results["ray"], indent=1))
         results_path.write_text(json.dumps(results, indent=1))
     if "rayfit" in args.parts:
-        results["rayfit"] = run_rayfit_part()
+        results["rayfit"] = run_rayfit_part(overrides)
     results_path.write_text(json.dumps(results, indent=1))
     print(f"written {results_path}")
     return 0

@@ -209,10 +209,12 @@ def main() -> int:
     parser.add_argument("--fit", nargs=2, metavar=("BUNDLE", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--tile-time", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config of every fit")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.fit:
-        print(json.dumps(fit(args.fit[0], args.category, VARIANTS[args.fit[1]])))
+        overrides = [*VARIANTS[args.fit[1]], *args.overrides]
+        print(json.dumps(fit(args.fit[0], args.category, overrides)))
         return 0
     if args.measure:
         print(json.dumps(measure(args.measure)))
@@ -228,7 +230,7 @@ def main() -> int:
         print(f"fitting {name} ({' '.join(VARIANTS[name]) or 'defaults'}) -> {bundle}", flush=True)
         rows[name] = {
             "bundle": bundle,
-            **_child("--category", args.category, "--fit", bundle, name),
+            **_child("--category", args.category, "--fit", bundle, name, *args.overrides),
         }
     for name in variants:  # scoring after every fit: one heavy job at a time, none overlapping
         rows[name].update(_child("--measure", rows[name]["bundle"]))

@@ -260,3 +260,33 @@ def test_fit_samples_learns_from_the_good_train_samples_only(monkeypatch):
     # The seeded subset ``anomaly fit`` has always drawn (data.max_train_images, data.seed).
     keep = np.random.default_rng(4).choice(len(good), size=3, replace=False)
     assert seen[1] == [good[i] for i in sorted(keep)]
+
+
+def test_zero_padding_keeps_inner_patches_and_sets_border_patches_apart():
+    from anomaly.components.features import patch_features
+
+    maps = [torch.ones(1, 2, 6, 6)]
+    inside = patch_features(maps, padding="ignore")[0, 0]
+    zeros = patch_features(maps, padding="zeros")[0, 0]
+    torch.testing.assert_close(inside, torch.ones(6, 6))  # only the window inside the map
+    torch.testing.assert_close(zeros[1:-1, 1:-1], torch.ones(4, 4))  # inner patches: the same
+    assert zeros[0, 3].item() == pytest.approx(6 / 9)  # an edge: 3 of 9 cells are padding
+    assert zeros[0, 0].item() == pytest.approx(4 / 9)  # a corner: 5 of 9
+
+
+def test_unknown_neighbourhood_padding_is_named():
+    with pytest.raises(DataError, match=r"neighbourhood_padding='reflect'.*zeros, ignore"):
+        PatchCore(neighbourhood_padding="reflect").check_params()
+
+
+def test_padding_is_saved_with_the_model_and_changes_scores(fitted, images, tmp_path):
+    train, good, defects, _ = images
+    inside = PatchCore(
+        image_size=64, coreset_ratio=0.25, neighbourhood_padding="ignore", progress=False
+    ).fit(train)
+    save_bundle(inside, tmp_path / "model")
+    loaded = load_bundle(tmp_path / "model")
+    assert loaded.neighbourhood_padding == "ignore"
+    scores = loaded.predict(good + defects).scores
+    np.testing.assert_array_equal(scores, inside.predict(good + defects).scores)
+    assert not np.allclose(scores, fitted.predict(good + defects).scores)  # zeros: other scores

@@ -41,14 +41,15 @@ def patch_features(
     """Locally aware patch features on the grid of the first (finest) stage.
 
     Each location is replaced by the average over its ``neighbourhood`` squared window, so a patch
-    vector describes its surroundings. ``padding="zeros"`` averages the window's part beyond the
+    vector describes its surroundings. ``padding="zeros"`` counts the window's part beyond the
     map as zeros, as the published PatchCore does (its ``Unfold`` pads with zeros): border
-    patches then stay distinct from inner ones, so an edge of the part is compared with edges
-    (on ELPV this alone lifts validation AUROC from 0.901 to 0.918); ``"ignore"`` averages only
-    the window's part inside the map (this project's choice before, kept for its bundles). Deeper stages are upsampled bilinearly to the finest grid
-    and concatenated. When the concatenation is wider than ``feature_dim``, adjacent channels are
-    averaged down to ``feature_dim`` (the paper's adaptive average pooling); narrower features
-    are kept as they are rather than padded with repeats.
+    patches then stay apart from inner ones, so an edge of the part is compared with edges (on
+    ELPV validation AUROC 0.901 -> 0.918, on sealant validation false alarms 48% -> 17%).
+    ``"ignore"`` averages only the window's part inside the map: this project's choice until
+    2026-12-02, kept for the bundles fitted so. Deeper stages are upsampled bilinearly to the
+    finest grid and concatenated. When the concatenation is wider than ``feature_dim``,
+    adjacent channels are averaged down to ``feature_dim`` (the paper's adaptive average
+    pooling); narrower features are kept as they are rather than padded with repeats.
 
     Returns ``(B, D, h, w)``.
     """
