@@ -104,8 +104,8 @@ def _lite(index: int, filename: str) -> BackboneSpec:
 
 BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": _lite(0, "efficientnet-lite0-57934424.pth"),
-    "efficientnet_lite1": _lite(1, "efficientnet-lite1-bde8b488.pth"),
-    "efficientnet_lite2": _lite(2, "efficientnet-lite2-dcccb7df.pth"),
+    "efficientnet_lite1": _lite(1, "efficientnet-lite1-77cc7160.pth"),
+    "efficientnet_lite2": _lite(2, "efficientnet-lite2-9656183e.pth"),
     "resnet18": BackboneSpec("resnet18", IMAGENET_MEAN, IMAGENET_STD, (2, 3)),
     "wide_resnet50_2": BackboneSpec("wide_resnet50_2", IMAGENET_MEAN, IMAGENET_STD, (2, 3)),
     "mobilenet_v3_large": BackboneSpec(
