@@ -216,7 +216,7 @@ def test_int8_export_quantises_the_graph_and_states_what_it_costs(bundles, tmp_p
     assert metadata["export"]["int8_calibration_images"] == 12  # the good train images
     graph = onnx.load(str(out / "features.onnx")).graph
     assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.node}
-    # 7-bit weights for ONNX Runtime: 8-bit ones saturate on x86 CPUs without VNNI.
+    # 7-bit weights (export.quantize says why): at most 64 in absolute value.
     weights = [
         onnx.numpy_helper.to_array(tensor)
         for tensor in graph.initializer
