@@ -18,6 +18,7 @@ from anomaly.commands.compare import (
     defect_subsets,
     fit_config_for,
     format_table,
+    learning_curve,
     reuse_problem,
 )
 from anomaly.commands.fit import add_good_images
@@ -26,6 +27,7 @@ from anomaly.data import load_dataset
 from anomaly.data.dataset import SPLITS
 from anomaly.decision.statistics import clopper_pearson
 from anomaly.evaluation.split import split_fingerprint
+from anomaly.models.hybrid import Hybrid
 
 #: Small and fast settings for every model.
 FAST = [
@@ -167,6 +169,28 @@ def test_learning_curve_trains_on_defect_subsets(compared, learner) -> None:
     assert points[1]["fit_seconds"] == rows[learner].fit_seconds
     unsupervised = [p for p in result.learning_curve if p["train_defects"] == 0]
     assert {p["model"]: p["train_defects"] for p in unsupervised} == {"patchcore": 0, "padim": 0}
+
+
+def test_learning_curve_fits_the_hybrid_bank_once(tmp_path, monkeypatch) -> None:
+    # The good images are the same at every point: the bank is fitted once and each point
+    # trains only what learns from its labels (tests/test_hybrid.py: the same model as a fresh
+    # fit); each point's fit seconds count the bank's too.
+    make_folder_category(tmp_path / "data" / "part")
+    config = _config(tmp_path, "models=[hybrid]", "learning_curve_defects=[1,2]")
+    dataset = load_dataset(config)
+    banks: list[int] = []
+    original = Hybrid.fit
+
+    def spy(self, images, y=None):
+        banks.append(len(images))
+        return original(self, images, y)
+
+    monkeypatch.setattr(Hybrid, "fit", spy)
+    points = learning_curve(config, dataset, [])
+    n_defects = len(dataset.select("train", label=1))
+    assert [p["train_defects"] for p in points] == [1, 2, n_defects]
+    assert all(p["error"] == "" and p["fit_seconds"] > 0 for p in points)
+    assert banks == [len(dataset.select("train", label=0))]
 
 
 def test_learning_curve_plot_is_written(compared) -> None:

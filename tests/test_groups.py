@@ -120,6 +120,23 @@ def test_hybrid_scales_its_fused_score_per_group(grouped) -> None:
         assert members.mean() == pytest.approx(scores.mean(), rel=1e-6)
 
 
+def test_hybrid_with_groups_fits_labels_again_on_one_bank(grouped) -> None:
+    # The learning curve's reuse of one bank keeps the group classifier's train descriptors.
+    _, train, val, test, root = grouped
+    rng = np.random.default_rng(6)
+    extra = []
+    for i in range(4):
+        image, _ = with_defect(textured_part(rng, 64), rng)
+        path = save_image(root / "reuse_defects" / f"{i}.png", image)
+        extra.append(Sample(path, 1, "blob", "train", group="dark" if i % 2 else "bright"))
+    shared = Hybrid(group_by="dataset", **FAST).fit([s.path for s in train])
+    paths = [s.path for s in test]
+    for subset in (extra, extra[:1], extra):
+        reused = shared.fit_labels(train, subset, val)
+        fresh = Hybrid(group_by="dataset", **FAST).fit_samples(train + subset, val)
+        np.testing.assert_array_equal(reused.predict(paths).scores, fresh.predict(paths).scores)
+
+
 def test_group_by_needs_groups_and_a_known_value(grouped) -> None:
     _, train, val, _, _ = grouped
     ungrouped = [Sample(s.path, s.label, s.defect_type, s.split) for s in train]

@@ -13,6 +13,7 @@ from anomaly.artifacts.bundle import load_bundle
 from anomaly.commands.fit import build_model, fit_category
 from anomaly.config import FitConfig
 from anomaly.data import load_dataset
+from anomaly.errors import DataError
 from anomaly.evaluation.split import score_split
 from anomaly.models.hybrid import Hybrid
 from anomaly.models.patchcore import PatchCore
@@ -135,6 +136,31 @@ def test_validation_images_never_reach_training(tmp_path, monkeypatch) -> None:
     assert trained and not held_out & set(trained)
     assert sorted(trained) == sorted(str(s.path) for s in dataset.select("train"))
     assert model.n_train_defects_ == len(dataset.select("train", label=1))
+
+
+def test_fit_labels_on_one_bank_gives_the_model_a_fresh_fit_gives(tmp_path) -> None:
+    # What the learning curve relies on: the bank fitted once, then only what learns from the
+    # labels, point after point (all defects, fewer, too few for a head, all again).
+    make_category(tmp_path / "data" / "parts")
+    config = fit_config(tmp_path / "data", tmp_path / "bundle")
+    dataset = load_dataset(config)
+    good, defects = dataset.select("train", label=0), dataset.select("train", label=1)
+    val, test = dataset.select("val"), [s.path for s in dataset.select("test")]
+    shared = build_model(config).fit([s.path for s in good])
+    for subset in (defects, defects[:2], defects[:1], defects):
+        reused = shared.fit_labels(good, subset, val)
+        fresh = build_model(config).fit_samples([*good, *subset], val)
+        np.testing.assert_array_equal(reused.predict(test).scores, fresh.predict(test).scores)
+        assert reused.fusion_weight_ == fresh.fusion_weight_
+        assert reused.head_note_ == fresh.head_note_
+        assert reused.n_train_defects_ == len(subset)
+
+
+def test_fit_labels_needs_the_bank_of_this_process(fitted) -> None:
+    _, result = fitted
+    loaded = load_bundle(result.bundle_dir)
+    with pytest.raises(DataError, match="fit_labels needs the pooled features"):
+        loaded.fit_labels([], [], [])
 
 
 def test_fit_needs_labels_through_fit_samples_and_cannot_grow(fitted) -> None:

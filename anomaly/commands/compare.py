@@ -421,7 +421,8 @@ def learning_curve(
     defects, calibrated on the validation split and scored on the test split; the fingerprint
     of the test images it scored is kept with it (and checked by :func:`compare_category`). The
     "all defects" point is the model's row of the main table when there is one (same config,
-    same data), so it is not trained twice.
+    same data), so it is not trained twice. A model that learns its labels on top of a bank of
+    the good images (the hybrid's ``fit_labels``) fits that bank once for all its points.
     """
     good = dataset.select("train", label=0)
     defects = dataset.select("train", label=1)
@@ -440,14 +441,17 @@ def learning_curve(
     for name in learners:
         fit_config = fit_config_for(config, name, Path(config.runs_dir))
         main = next((r for r in rows if r.model == name and r.status != "error"), None)
+        bank: _Bank | None = None
         for count, indices in subsets.items():
             if count == len(defects) and main is not None:
                 points.append(_curve_point(name, count, main.metrics, main.fit_seconds, None, main))
                 continue
-            chosen = good + [defects[i] for i in indices]
+            chosen = [defects[i] for i in indices]
             logger.info("learning curve: %s with %d of %d train defects", name, count, len(defects))
             try:
-                points.append(_curve_fit(name, fit_config, count, chosen, val, test))
+                if bank is None and hasattr(model_class(name), "fit_labels"):
+                    bank = _Bank.fit(fit_config, good)
+                points.append(_curve_fit(name, fit_config, count, good, chosen, val, test, bank))
             except KeyboardInterrupt:
                 raise
             except Exception as error:
@@ -463,20 +467,43 @@ def _learns_from_labels(name: str) -> bool:
         return False  # an unknown model already has its error row in the main table
 
 
+@dataclass
+class _Bank:
+    """A model that learns labels on top of a bank of the good images (``fit_labels``), with
+    the bank fitted once for every point of a learning curve: the good images are the same at
+    each point, only the labelled defects change."""
+
+    model: AnomalyModel
+    seconds: float
+
+    @classmethod
+    def fit(cls, fit_config: DictConfig, good: list[Sample]) -> _Bank:
+        started = time.perf_counter()
+        model = build_model(fit_config).fit([sample.path for sample in good])
+        return cls(model, time.perf_counter() - started)
+
+
 def _curve_fit(
     name: str,
     fit_config: DictConfig,
     count: int,
-    chosen: list[Sample],
+    good: list[Sample],
+    defects: list[Sample],
     val: list[Sample],
     test: list[Sample],
+    bank: _Bank | None = None,
 ) -> dict[str, Any]:
-    """Fit ``name`` on ``chosen``, calibrate on ``val``, score ``test``: one curve point."""
+    """Fit ``name`` on ``good`` and ``defects`` (on ``bank`` when given: only what learns
+    from the labels is fitted, and the bank's seconds are counted in the point's), calibrate
+    on ``val``, score ``test``: one curve point."""
     started = time.perf_counter()
-    model = build_model(fit_config)
-    model.fit_samples(chosen, val)
+    if bank is None:
+        model = build_model(fit_config)
+        model.fit_samples([*good, *defects], val)
+    else:
+        model = bank.model.fit_labels(good, defects, val)
     val_scores = calibrate_on_validation(model, val, fit_config.calibration)
-    seconds = time.perf_counter() - started - val_scores.seconds
+    seconds = time.perf_counter() - started - val_scores.seconds + (bank.seconds if bank else 0)
     scored = score_split(model, test)
     figures = split_metrics(scored, model.threshold_, fit_config.calibration.confidence)
     row = ModelRow(model=name, status="fitted")

@@ -163,10 +163,44 @@ class Hybrid(PatchCore):
         good = good_subset(train, max_good_images, subset_seed)
         defects = [sample for sample in train if sample.label == 1]
         self.fit([sample.path for sample in good])
-        good_features, self._good_pooled = self._good_pooled, None
+        return self.fit_labels(good, defects, validation)
+
+    def fit_labels(
+        self, good: Sequence[Sample], defects: Sequence[Sample], validation: Sequence[Sample]
+    ) -> Hybrid:
+        """Train the head on ``good`` (the images :meth:`fit` saw, in its order) and the
+        labelled ``defects``, and choose the fusion weight (and group scales) on
+        ``validation``; returns ``self``.
+
+        The bank is left as :meth:`fit` built it, so calling this again with other defects
+        gives the model :meth:`fit_samples` would fit with them, without fitting the bank
+        again: what a learning curve does at each of its points.
+        """
+        if getattr(self, "_good_pooled", None) is None or len(self._good_pooled) != len(good):
+            raise DataError(
+                "hybrid: fit_labels needs the pooled features of the good images fit() saw in "
+                "this process (a loaded bundle does not keep them): fit the model first"
+            )
+        good_features = self._good_pooled
         self.n_train_defects_ = len(defects)
         self.n_train_images_ = len(good) + len(defects)  # every labelled image it learned from
+        descriptors = getattr(self, "_train_descriptors", None)
+        try:
+            self._fit_labels(good, defects, validation, good_features)
+        finally:
+            if descriptors is not None:  # group scales consume them; kept for the next call
+                self._train_descriptors = descriptors
+        return self
+
+    def _fit_labels(
+        self,
+        good: Sequence[Sample],
+        defects: Sequence[Sample],
+        validation: Sequence[Sample],
+        good_features: np.ndarray,
+    ) -> None:
         if len(defects) < self.min_defects:
+            self._no_head(good_features.shape[1])
             self.head_note_ = (
                 f"{len(defects)} labelled train defect(s), fewer than the {self.min_defects} a "
                 "head needs: no head, scores are PatchCore's"
@@ -174,7 +208,7 @@ class Hybrid(PatchCore):
             logger.warning("hybrid: %s", self.head_note_)
             if self.group_by is not None:
                 self._fit_groups(good, validation)
-            return self
+            return
         self.head_note_ = ""
         with limited_threads(self.num_threads):
             defect_features = self._head_features([sample.path for sample in defects])
@@ -201,7 +235,6 @@ class Hybrid(PatchCore):
             self.fusion_weight_,
             len(validation),
         )
-        return self
 
     def fit(self, images: Sequence[Any], y: Any = None) -> Hybrid:
         """Fit the bank on good ``images``, without a head (scores are PatchCore's until
