@@ -422,7 +422,7 @@ def learning_curve(
     of the test images it scored is kept with it (and checked by :func:`compare_category`). The
     "all defects" point is the model's row of the main table when there is one (same config,
     same data), so it is not trained twice. A model that learns its labels on top of a bank of
-    the good images (the hybrid's ``fit_labels``) fits that bank once for all its points.
+    the good images (``labels_on_bank``: the hybrid) fits that bank once for all its points.
     """
     good = dataset.select("train", label=0)
     defects = dataset.select("train", label=1)
@@ -449,7 +449,7 @@ def learning_curve(
             chosen = [defects[i] for i in indices]
             logger.info("learning curve: %s with %d of %d train defects", name, count, len(defects))
             try:
-                if bank is None and hasattr(model_class(name), "fit_labels"):
+                if bank is None and model_class(name).labels_on_bank:
                     bank = _Bank.fit(fit_config, good)
                 points.append(_curve_fit(name, fit_config, count, good, chosen, val, test, bank))
             except KeyboardInterrupt:
@@ -469,7 +469,7 @@ def _learns_from_labels(name: str) -> bool:
 
 @dataclass
 class _Bank:
-    """A model that learns labels on top of a bank of the good images (``fit_labels``), with
+    """A model that learns labels on top of a bank of the good images (``labels_on_bank``), with
     the bank fitted once for every point of a learning curve: the good images are the same at
     each point, only the labelled defects change."""
 

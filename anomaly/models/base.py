@@ -126,6 +126,10 @@ class AnomalyModel:
     model_name: ClassVar[str] = ""
     #: True for models that learn from defect labels too (the supervised baseline).
     supervised: ClassVar[bool] = False
+    #: True for a model that learns its labels on top of a bank of the good images and can
+    #: learn them again on the same bank (``fit_labels``, the hybrid): a learning curve then
+    #: fits the bank once for all its points.
+    labels_on_bank: ClassVar[bool] = False
     #: A score threshold the model's own output defines regardless of calibration (a
     #: classifier's probability 0.5); ``None`` for anomaly scores, which have none.
     native_threshold: ClassVar[float | None] = None

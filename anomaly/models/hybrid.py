@@ -77,6 +77,7 @@ class Hybrid(PatchCore):
 
     model_name: ClassVar[str] = "hybrid"
     supervised: ClassVar[bool] = True  # learns from defect labels as well as good images
+    labels_on_bank: ClassVar[bool] = True  # fit_labels: a new head on the same bank
     # Its head learns from every labelled image, not from reducible shards of the good ones.
     shardable: ClassVar[bool] = False
     incremental: ClassVar[bool] = False  # new good images would shift the fused score's scale
@@ -181,12 +182,11 @@ class Hybrid(PatchCore):
                 "hybrid: fit_labels needs the pooled features of the good images fit() saw in "
                 "this process (a loaded bundle does not keep them): fit the model first"
             )
-        good_features = self._good_pooled
         self.n_train_defects_ = len(defects)
         self.n_train_images_ = len(good) + len(defects)  # every labelled image it learned from
         descriptors = getattr(self, "_train_descriptors", None)
         try:
-            self._fit_labels(good, defects, validation, good_features)
+            self._fit_labels(good, defects, validation)
         finally:
             if descriptors is not None:  # group scales consume them; kept for the next call
                 self._train_descriptors = descriptors
@@ -197,8 +197,8 @@ class Hybrid(PatchCore):
         good: Sequence[Sample],
         defects: Sequence[Sample],
         validation: Sequence[Sample],
-        good_features: np.ndarray,
     ) -> None:
+        good_features = self._good_pooled
         if len(defects) < self.min_defects:
             self._no_head(good_features.shape[1])
             self.head_note_ = (

@@ -125,10 +125,7 @@ QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 
 
 def quantize(
-    onnx_path: Path,
-    images: Sequence[np.ndarray],
-    image_size: int,
-    batch_size: int = 8,
+    onnx_path: Path, images: Sequence[np.ndarray], image_size: int, batch_size: int = 8
 ) -> None:
     """Quantise the ONNX graph at ``onnx_path`` in place to int8 (ONNX Runtime's static
     post-training quantisation), activation ranges calibrated on ``images``, weights on 7
