@@ -66,6 +66,7 @@ class HybridConfig(PatchCoreConfig):
     head's."""
 
     head_layers: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # pooled for the head
+    patch_head_layers: list[int] = field(default_factory=lambda: [4])  # patches: the patch head
     min_defects: int = 2  # fewer labelled train defects: no head, PatchCore's scores
     # Use the head only if its validation gain holds in this share of bootstrap resamples.
     fusion_confidence: float = 0.95

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 from conftest import save_image, textured_part, with_defect
 from omegaconf import OmegaConf
+from sklearn.metrics import roc_auc_score
 
-from anomaly.artifacts.bundle import load_bundle
+from anomaly.artifacts.bundle import load_bundle, save_bundle
 from anomaly.commands.fit import build_model, fit_category
 from anomaly.config import FitConfig
 from anomaly.data import load_dataset
 from anomaly.errors import DataError
 from anomaly.evaluation.split import score_split
-from anomaly.models.hybrid import Hybrid
+from anomaly.models.hybrid import PATCH_TOP_K, Hybrid, _fit_patch_instances, _top_k_mean
 from anomaly.models.patchcore import PatchCore
 
 FAST = {"image_size": 64, "coreset_ratio": 0.25, "progress": False, "num_threads": 1}
@@ -81,6 +82,9 @@ def test_head_is_trained_and_described(fitted) -> None:
     assert described["n_train_defects"] == n_defects
     assert described["n_train_good"] == len(dataset.select("train", label=0))
     assert 0.0 <= model.fusion_weight_ <= 1.0 and model.head_c_ > 0
+    assert 0.0 <= model.fusion_weight_ + model.patch_fusion_weight_ <= 1.0
+    assert model.patch_head_coef_.any() and model.patch_head_k_ in PATCH_TOP_K
+    assert model.patch_head_coef_.shape == (320,)  # EfficientNet-Lite0's stage 4
     assert "head: logistic regression" in result.text()
     assert "labelled training images" in result.text()
 
@@ -94,7 +98,35 @@ def test_bundle_round_trip_scores_identically(fitted, tmp_path) -> None:
     after = score_split(loaded.set_runtime(progress=False), samples).scores
     np.testing.assert_array_equal(before, after)
     assert loaded.fusion_weight_ == result.model.fusion_weight_
+    assert loaded.patch_fusion_weight_ == result.model.patch_fusion_weight_
+    np.testing.assert_array_equal(loaded.patch_head_coef_, result.model.patch_head_coef_)
+    assert loaded.patch_head_k_ == result.model.patch_head_k_
     assert loaded.threshold_ == result.model.threshold_
+
+
+def test_a_bundle_saved_before_the_patch_head_loads_without_one(tmp_path, monkeypatch) -> None:
+    """Such a bundle has neither the patch head's key in its parameters nor its arrays: it
+    scores as it did (the fused score of PatchCore and the pooled head)."""
+    make_category(tmp_path / "data" / "parts")
+    config = fit_config(tmp_path / "data", tmp_path / "bundle", **{"hybrid.patch_head_layers": []})
+    result = fit_category(config)
+    assert result.model.patch_fusion_weight_ == 0.0
+    original_params, original_tensors = Hybrid.get_params, Hybrid.state_tensors
+
+    def old_params(self):
+        return {k: v for k, v in original_params(self).items() if k != "patch_head_layers"}
+
+    def old_tensors(self):
+        return {k: v for k, v in original_tensors(self).items() if not k.startswith("patch_head")}
+
+    monkeypatch.setattr(Hybrid, "get_params", old_params)
+    monkeypatch.setattr(Hybrid, "state_tensors", old_tensors)
+    save_bundle(result.model, tmp_path / "old")
+    monkeypatch.undo()
+    loaded = load_bundle(tmp_path / "old").set_runtime(progress=False)
+    assert loaded.patch_head_layers == [] and loaded.patch_fusion_weight_ == 0.0
+    test = [s.path for s in load_dataset(config).select("test")]
+    np.testing.assert_array_equal(loaded.predict(test).scores, result.model.predict(test).scores)
 
 
 @pytest.mark.parametrize("n_train_defects", [0, 1])
@@ -260,13 +292,47 @@ def test_a_head_gain_that_does_not_hold_under_resampling_is_not_trusted() -> Non
     rng = np.random.default_rng(0)
     labels = np.r_[np.zeros(60, int), np.ones(12, int)]
     bank = rng.normal(0, 1, 72) + 1.5 * labels
-    model.bank_stats_, model.head_stats_ = (0.0, 1.0), (0.0, 1.0)
-    model.fusion_weight_ = 0.5
+    model.bank_stats_ = model.head_stats_ = model.patch_head_stats_ = (0.0, 1.0)
+    unused = np.zeros(72)
     # A head of pure noise can win on one validation draw; it does not win on most resamples.
-    assert model._fusion_support(labels, bank, rng.normal(0, 1, 72)) < 0.95
-    assert model._fusion_support(labels, bank, 4.0 * labels + rng.normal(0, 1, 72)) > 0.99
-    model.fusion_weight_ = 0.0
-    assert model._fusion_support(labels, bank, bank) == 1.0
+    # Both heads' weights are held to it: the pooled head's, then the patch head's.
+    model.fusion_weight_, model.patch_fusion_weight_ = 0.5, 0.0
+    assert model._fusion_support(labels, bank, rng.normal(0, 1, 72), unused) < 0.95
+    assert model._fusion_support(labels, bank, 4.0 * labels + rng.normal(0, 1, 72), unused) > 0.99
+    model.fusion_weight_, model.patch_fusion_weight_ = 0.0, 0.5
+    assert model._fusion_support(labels, bank, unused, rng.normal(0, 1, 72)) < 0.95
+    assert model._fusion_support(labels, bank, unused, 4.0 * labels + rng.normal(0, 1, 72)) > 0.99
+    model.patch_fusion_weight_ = 0.0
+    assert model._fusion_support(labels, bank, bank, bank) == 1.0
+
+
+def test_patch_head_learns_the_few_patches_that_carry_a_defect(monkeypatch) -> None:
+    """A defective image's defect covers 2 of its 16 patches: the multiple-instance rounds must
+    find them, so the top-k image score ranks unseen defective images above good ones better
+    than a head that takes every patch of a defective image for a defect."""
+
+    def auroc_of_head() -> tuple[float, np.ndarray]:
+        rng = np.random.default_rng(0)
+
+        def images(n: int, defective: bool) -> np.ndarray:
+            x = rng.normal(0, 1, (n, 16, 6)).astype(np.float32)
+            if defective:
+                for image in x:
+                    image[rng.choice(16, 2, replace=False), 0] += 3.0
+            return x
+
+        train = np.concatenate([images(60, False), images(20, True)])
+        labels = np.r_[np.zeros(60, int), np.ones(20, int)]
+        coef, intercept = _fit_patch_instances(train, labels, c=0.1, seed=0)
+        test = np.concatenate([images(50, False), images(50, True)])
+        scores = _top_k_mean(test @ coef + intercept, 2)
+        return float(roc_auc_score(np.r_[np.zeros(50), np.ones(50)], scores)), coef
+
+    multiple_instance, coef = auroc_of_head()
+    assert np.argmax(coef) == 0 and coef[0] > 2 * np.abs(coef[1:]).max()
+    monkeypatch.setattr("anomaly.models.hybrid.PATCH_ROUNDS", 0)
+    every_patch, _ = auroc_of_head()
+    assert multiple_instance > 0.93 and multiple_instance > every_patch + 0.03
 
 
 def test_an_exported_hybrid_scores_and_names_types_like_its_source(typed, tmp_path) -> None:
