@@ -104,6 +104,19 @@ def test_bundle_round_trip_scores_identically(fitted, tmp_path) -> None:
     assert loaded.threshold_ == result.model.threshold_
 
 
+def test_the_patch_head_keeps_a_bounded_sample_of_good_patches(tmp_path, monkeypatch) -> None:
+    """However many good images a team has, the patches held for the patch head stay bounded
+    (a seeded sample of the images), and the head still learns from them."""
+    monkeypatch.setattr("anomaly.models.hybrid.PATCH_MAX_GOOD", 5)
+    make_category(tmp_path / "data" / "parts")
+    config = fit_config(tmp_path / "data", tmp_path / "bundle")
+    dataset = load_dataset(config)
+    model = build_model(config).fit_samples(dataset.select("train"), dataset.select("val"))
+    assert len(dataset.select("train", label=0)) > 5
+    assert model._good_patches.shape[0] == 5 and model.n_train_good_ > 5
+    assert model.patch_head_coef_.any()
+
+
 def test_a_bundle_saved_before_the_patch_head_loads_without_one(tmp_path, monkeypatch) -> None:
     """Such a bundle has neither the patch head's key in its parameters nor its arrays: it
     scores as it did (the fused score of PatchCore and the pooled head)."""

@@ -79,6 +79,9 @@ PATCH_ROUNDS = 2
 PATCH_KEEP = 0.25
 #: Patch head: candidates for k, the number of highest patch log-odds an image's score averages.
 PATCH_TOP_K = (1, 3, 8, 16, 32)
+#: Patch head: most good train images whose patches are kept for it (a seeded uniform sample of
+#: them beyond): 2,000 images of 64 patches x 320 channels are 164 MB, held for fit_labels.
+PATCH_MAX_GOOD = 2000
 
 
 class Hybrid(PatchCore):
@@ -281,13 +284,22 @@ class Hybrid(PatchCore):
         :meth:`fit_samples` trains one on labelled defects); returns ``self``."""
         self._good_features: list[np.ndarray] = []
         self._good_grids: list[np.ndarray] = []
+        self._good_seen = 0
+        self._good_sampler = np.random.default_rng(self.seed)
         try:
             super().fit(images, y)
             # Kept for fit_samples, which trains the heads on them without a second pass.
             self._good_pooled = np.concatenate(self._good_features)
-            self._good_patches = np.concatenate(self._good_grids)
+            self._good_patches = np.stack(self._good_grids)
+            if self._good_seen > len(self._good_grids):
+                logger.info(
+                    "hybrid: the patch head learns from the patches of %d of the %d good train "
+                    "images (a seeded sample: hybrid PATCH_MAX_GOOD)",
+                    len(self._good_grids),
+                    self._good_seen,
+                )
         finally:
-            del self._good_features, self._good_grids
+            del self._good_features, self._good_grids, self._good_sampler
         self.n_train_good_ = self.n_train_images_
         self.n_train_defects_ = 0
         self.head_note_ = (
@@ -300,7 +312,20 @@ class Hybrid(PatchCore):
     def _fit_batch(self, features: dict[str, np.ndarray]) -> None:
         super()._fit_batch(features)
         self._good_features.append(_pooled(features))
-        self._good_grids.append(_patch_grid(features))
+        for grid in _patch_grid(features):
+            self._keep_good_patches(grid)
+
+    def _keep_good_patches(self, grid: np.ndarray) -> None:
+        """Keep one good image's patches, at most ``PATCH_MAX_GOOD`` images' in all: a uniform
+        sample of every image seen (reservoir sampling), so memory stays bounded however many
+        good images a team has; below the cap every image is kept, in order."""
+        if self._good_seen < PATCH_MAX_GOOD:
+            self._good_grids.append(grid.copy())  # a copy lets the batch's array go
+        else:
+            slot = int(self._good_sampler.integers(0, self._good_seen + 1))
+            if slot < PATCH_MAX_GOOD:
+                self._good_grids[slot] = grid.copy()
+        self._good_seen += 1
 
     def _head_features(self, images: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """The pooled and the patch features of ``images``, from one pass."""
