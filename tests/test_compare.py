@@ -171,26 +171,50 @@ def test_learning_curve_trains_on_defect_subsets(compared, learner) -> None:
     assert {p["model"]: p["train_defects"] for p in unsupervised} == {"patchcore": 0, "padim": 0}
 
 
-def test_learning_curve_fits_the_hybrid_bank_once(tmp_path, monkeypatch) -> None:
+@pytest.fixture
+def banks(monkeypatch) -> list[int]:
+    """The number of good images of every bank a hybrid fits during the test."""
+    fitted: list[int] = []
+    original = Hybrid.fit
+
+    def spy(self, images, y=None):
+        fitted.append(len(images))
+        return original(self, images, y)
+
+    monkeypatch.setattr(Hybrid, "fit", spy)
+    return fitted
+
+
+def test_learning_curve_fits_the_hybrid_bank_once(tmp_path, banks) -> None:
     # The good images are the same at every point: the bank is fitted once and each point
     # trains only what learns from its labels (tests/test_hybrid.py: the same model as a fresh
     # fit); each point's fit seconds count the bank's too.
     make_folder_category(tmp_path / "data" / "part")
     config = _config(tmp_path, "models=[hybrid]", "learning_curve_defects=[1,2]")
     dataset = load_dataset(config)
-    banks: list[int] = []
-    original = Hybrid.fit
-
-    def spy(self, images, y=None):
-        banks.append(len(images))
-        return original(self, images, y)
-
-    monkeypatch.setattr(Hybrid, "fit", spy)
     points = learning_curve(config, dataset, [])
     n_defects = len(dataset.select("train", label=1))
     assert [p["train_defects"] for p in points] == [1, 2, n_defects]
     assert all(p["error"] == "" and p["fit_seconds"] > 0 for p in points)
     assert banks == [len(dataset.select("train", label=0))]
+
+
+def test_a_comparison_reuses_the_hybrid_bank_it_fitted_for_its_curve(tmp_path, banks) -> None:
+    # The main row's hybrid was fitted on the same good images in this process: its bank
+    # serves every point of the curve, so one comparison fits one bank, and the curve's points
+    # are those a bank fitted for the curve alone gives.
+    make_folder_category(tmp_path / "data" / "part")
+    options = ("models=[hybrid]", "learning_curve=true", "learning_curve_defects=[1,2]")
+    config = _config(tmp_path, *options)
+    dataset = load_dataset(config)
+    result = compare_category(config)
+    assert banks == [len(dataset.select("train", label=0))]
+    alone = learning_curve(config, dataset, result.rows)
+    assert len(banks) == 2  # the curve alone fitted its own
+    for reused, fresh in zip(result.learning_curve, alone, strict=True):
+        assert reused["train_defects"] == fresh["train_defects"]
+        assert reused["auroc"] == fresh["auroc"]
+        assert reused["false_alarm_rate"] == fresh["false_alarm_rate"]
 
 
 def test_learning_curve_plot_is_written(compared) -> None:

@@ -201,9 +201,12 @@ def compare_category(config: DictConfig) -> CompareResult:
     rows: list[ModelRow] = []
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     per_image: dict[str, np.ndarray] = {}
+    banks: dict[str, _Bank] = {}  # banks fitted here, for the learning curve to reuse
     for name in list(config.models):
-        row, scores = _evaluate_model(config, name, dataset, fingerprints)
+        row, scores, model = _evaluate_model(config, name, dataset, fingerprints)
         rows.append(row)
+        if model is not None and row.status == "fitted" and model.labels_on_bank:
+            banks[name] = _Bank(model, model.fit_seconds_, row.train_good)
         if scores is not None:
             curves[name] = (scores.labels, scores.scores)
             per_image[name] = scores.scores
@@ -216,7 +219,8 @@ def compare_category(config: DictConfig) -> CompareResult:
         files.append(write_roc(out / "roc.png", scored, curves, title))
     learning = []
     if config.learning_curve:
-        learning = learning_curve(config, dataset, rows)
+        learning = learning_curve(config, dataset, rows, banks)
+        banks.clear()  # the models they hold are fitted on subsets now
         for point in learning:  # one split for every point, proved rather than assumed
             if point["test_fingerprint"] not in (None, fingerprints["test"]):
                 point["error"] = "scored other test images than the comparison"
@@ -312,8 +316,9 @@ def _fit_or_reuse(
 
 def _evaluate_model(
     config: DictConfig, name: str, dataset: Dataset, fingerprints: dict[str, str]
-) -> tuple[ModelRow, SplitScores | None]:
-    """Fit or load ``name``, score the test split; a failure becomes a row with the error."""
+) -> tuple[ModelRow, SplitScores | None, AnomalyModel | None]:
+    """Fit or load ``name``, score the test split; a failure becomes a row with the error.
+    Returns the row, the test scores and the model (``None`` on failure)."""
     bundle_dir = Path(config.runs_dir) / dataset.name / name
     row = ModelRow(model=name, status="error", bundle_dir=str(bundle_dir))
     try:
@@ -344,7 +349,7 @@ def _evaluate_model(
             row.accuracy_at_half = _accuracy_at(
                 model.native_threshold, scores.labels, scores.scores
             )
-        return row, scores
+        return row, scores, model
     except KeyboardInterrupt:
         raise
     except Exception as error:  # one model's failure must not cost the comparison
@@ -356,7 +361,7 @@ def _evaluate_model(
             if not isinstance(error, AnomalyError)
             else str(error)
         )
-        return row, None
+        return row, None, None
 
 
 def accuracy_at_validation_best(
@@ -412,7 +417,10 @@ def defect_subsets(n_defects: int, counts: list[int], seed: int) -> dict[int, np
 
 
 def learning_curve(
-    config: DictConfig, dataset: Dataset, rows: list[ModelRow]
+    config: DictConfig,
+    dataset: Dataset,
+    rows: list[ModelRow],
+    banks: dict[str, _Bank] | None = None,
 ) -> list[dict[str, Any]]:
     """Test figures of every compared model that learns from labels (the baseline, the hybrid)
     per number of labelled training defects, next to the unsupervised rows (0 defects).
@@ -422,7 +430,10 @@ def learning_curve(
     of the test images it scored is kept with it (and checked by :func:`compare_category`). The
     "all defects" point is the model's row of the main table when there is one (same config,
     same data), so it is not trained twice. A model that learns its labels on top of a bank of
-    the good images (``labels_on_bank``: the hybrid) fits that bank once for all its points.
+    the good images (``labels_on_bank``: the hybrid) fits that bank once for all its points:
+    the main row's, when ``banks`` holds it (the model was fitted in this process, on the same
+    good images), else once for the curve. A model in ``banks`` is refitted on its points'
+    labels, so it no longer is the main row's model afterwards.
     """
     good = dataset.select("train", label=0)
     defects = dataset.select("train", label=1)
@@ -441,7 +452,9 @@ def learning_curve(
     for name in learners:
         fit_config = fit_config_for(config, name, Path(config.runs_dir))
         main = next((r for r in rows if r.model == name and r.status != "error"), None)
-        bank: _Bank | None = None
+        bank = (banks or {}).get(name)
+        if bank is not None and bank.n_good != len(good):  # fitted on a subset of the good
+            bank = None
         for count, indices in subsets.items():
             if count == len(defects) and main is not None:
                 points.append(_curve_point(name, count, main.metrics, main.fit_seconds, None, main))
@@ -475,12 +488,13 @@ class _Bank:
 
     model: AnomalyModel
     seconds: float
+    n_good: int  # the good train images it was fitted on
 
     @classmethod
     def fit(cls, fit_config: DictConfig, good: list[Sample]) -> _Bank:
         started = time.perf_counter()
         model = build_model(fit_config).fit([sample.path for sample in good])
-        return cls(model, time.perf_counter() - started)
+        return cls(model, time.perf_counter() - started, len(good))
 
 
 def _curve_fit(
