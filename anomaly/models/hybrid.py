@@ -299,7 +299,7 @@ class Hybrid(PatchCore):
                     self._good_seen,
                 )
         finally:
-            del self._good_features, self._good_grids, self._good_sampler
+            del self._good_features, self._good_grids, self._good_sampler, self._good_seen
         self.n_train_good_ = self.n_train_images_
         self.n_train_defects_ = 0
         self.head_note_ = (
