@@ -43,7 +43,8 @@ defects. It does not touch the score or the verdict.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -347,8 +348,9 @@ class Hybrid(PatchCore):
         x = (features - self.head_mean_) / self.head_scale_
         folds = StratifiedKFold(min(5, int(labels.sum())), shuffle=True, random_state=self.seed)
         best_c, best_auroc = C_GRID[0], -1.0
-        candidates = [self._head(c) for c in C_GRID]
-        predictions = _out_of_fold(candidates, x, labels, folds, self.num_threads)
+        candidates = [partial(_fit_decision, self._head(c), x, labels) for c in C_GRID]
+        splits = list(folds.split(x, labels))
+        predictions = _out_of_fold(candidates, len(labels), splits, self.num_threads)
         for c, out_of_fold in zip(C_GRID, predictions, strict=True):
             auroc = metrics.image_auroc(labels, out_of_fold) or 0.0
             if auroc > best_auroc:
@@ -362,7 +364,6 @@ class Hybrid(PatchCore):
         """The patch head on ``(N, P, C)`` patch features of the good and the defective train
         images: C and k by stratified cross-validation over images inside train (image AUROC
         of the out-of-fold top-k scores), then refit on all."""
-        from joblib import Parallel, delayed
         from sklearn.model_selection import StratifiedKFold
 
         from anomaly.evaluation import metrics
@@ -381,17 +382,12 @@ class Hybrid(PatchCore):
         labels = np.r_[np.zeros(len(good), int), np.ones(len(defects), int)]
         folds = StratifiedKFold(min(3, len(defects)), shuffle=True, random_state=self.seed)
         splits = list(folds.split(np.zeros(len(labels)), labels))
-        fits = Parallel(n_jobs=self.num_threads or -1)(
-            delayed(_patch_head_logits)(x, labels, train, test, c, self.seed)
-            for c in PATCH_C_GRID
-            for train, test in splits
-        )
+        candidates = [
+            partial(_patch_head_logits, x, labels, c=c, seed=self.seed) for c in PATCH_C_GRID
+        ]
+        predictions = _out_of_fold(candidates, len(labels), splits, self.num_threads)
         best_c, best_k, best_auroc = PATCH_C_GRID[0], PATCH_TOP_K[0], -1.0
-        for i, c in enumerate(PATCH_C_GRID):
-            out_of_fold = np.zeros(x.shape[:2])
-            chunk = fits[i * len(splits) : (i + 1) * len(splits)]
-            for (_, test), logits in zip(splits, chunk, strict=True):
-                out_of_fold[test] = logits
+        for c, out_of_fold in zip(PATCH_C_GRID, predictions, strict=True):
             for k in PATCH_TOP_K:
                 auroc = metrics.image_auroc(labels, _top_k_mean(out_of_fold, k)) or 0.0
                 if auroc > best_auroc + 1e-12:
@@ -443,8 +439,9 @@ class Hybrid(PatchCore):
         if smallest >= 2:
             folds = StratifiedKFold(min(5, smallest), shuffle=True, random_state=self.seed)
             best_score = -1.0
-            candidates = [self._head(c) for c in C_GRID]
-            predictions = _out_of_fold(candidates, x, y, folds, self.num_threads)
+            candidates = [partial(_fit_decision, self._head(c), x, y) for c in C_GRID]
+            splits = list(folds.split(x, y))
+            predictions = _out_of_fold(candidates, len(y), splits, self.num_threads)
             for c, out_of_fold in zip(C_GRID, predictions, strict=True):
                 predicted = out_of_fold.argmax(axis=1) if out_of_fold.ndim == 2 else out_of_fold > 0
                 score = float(balanced_accuracy_score(y, predicted.astype(int)))
@@ -789,7 +786,7 @@ def _fit_patch_instances(
 
 
 def _patch_head_logits(
-    x: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray, c: float, seed: int
+    x: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray, *, c: float, seed: int
 ) -> np.ndarray:
     """Patch log-odds ``(len(test), P)`` of a patch head fitted on the ``train`` images."""
     coef, intercept = _fit_patch_instances(x[train], labels[train], c, seed)
@@ -797,31 +794,28 @@ def _patch_head_logits(
 
 
 def _out_of_fold(
-    estimators: Sequence[LogisticRegression],
-    x: np.ndarray,
-    y: np.ndarray,
-    folds: Any,
+    candidates: Sequence[Callable[[np.ndarray, np.ndarray], np.ndarray]],
+    n_samples: int,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
     num_threads: int,
 ) -> list[np.ndarray]:
-    """Each estimator's out-of-fold decision function on ``x`` (as ``cross_val_predict``), with
-    every (estimator, fold) fit a task spread over ``num_threads`` processes (0: all cores):
-    the head's model selection is most of the hybrid's fitting time beyond PatchCore's.
+    """Each candidate's out-of-fold predictions for all ``n_samples`` (as
+    ``cross_val_predict``). A candidate is ``fit_predict(train, test)``: it fits on the
+    ``train`` rows and returns its predictions for the ``test`` rows. Every (candidate, fold)
+    fit is a task spread over ``num_threads`` processes (0: all cores): the heads' model
+    selection is most of the hybrid's fitting time beyond PatchCore's.
     """
     from joblib import Parallel, delayed
-    from sklearn.base import clone
 
-    splits = list(folds.split(x, y))
     fits = Parallel(n_jobs=num_threads or -1)(
-        delayed(_fit_decision)(clone(estimator), x, y, train, test)
-        for estimator in estimators
-        for train, test in splits
+        delayed(candidate)(train, test) for candidate in candidates for train, test in splits
     )
     results = []
-    for i in range(len(estimators)):
+    for i in range(len(candidates)):
         parts = fits[i * len(splits) : (i + 1) * len(splits)]
-        out = np.zeros((len(y), *parts[0].shape[1:]))
-        for (_, test), decision in zip(splits, parts, strict=True):
-            out[test] = decision
+        out = np.zeros((n_samples, *parts[0].shape[1:]))
+        for (_, test), prediction in zip(splits, parts, strict=True):
+            out[test] = prediction
         results.append(out)
     return results
 
@@ -829,7 +823,11 @@ def _out_of_fold(
 def _fit_decision(
     estimator: LogisticRegression, x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
 ) -> np.ndarray:
-    return estimator.fit(x[train], y[train]).decision_function(x[test])
+    """A fresh copy of ``estimator`` fitted on the ``train`` rows: its decision function on
+    the ``test`` rows."""
+    from sklearn.base import clone
+
+    return clone(estimator).fit(x[train], y[train]).decision_function(x[test])
 
 
 def _pooled(features: dict[str, np.ndarray]) -> np.ndarray:
