@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import fit_variant, num, pct  # benchmarks/_common.py: scripts run from this folder
 
 #: name -> config overrides. Tile stride = tile size (no overlap) unless said otherwise.
 VARIANTS = {
@@ -51,19 +52,9 @@ def _peak_rss_mb() -> float:
 
 def fit(bundle: str, category: str, overrides: list[str]) -> dict:
     """Fit and calibrate one variant (``anomaly fit``), in this process."""
-    from anomaly.commands.fit import fit_category
-    from anomaly.config import FitConfig, build_config
-
-    config = build_config(
-        FitConfig,
-        None,
-        ["runtime.progress=false", *overrides],
-        **{"data.category": category, "out": bundle},
-    )
-    started = time.perf_counter()
-    result = fit_category(config)
+    result, seconds = fit_variant(category, bundle, overrides)
     return {
-        "fit_seconds": time.perf_counter() - started,
+        "fit_seconds": seconds,
         "fit_rss_mb": _peak_rss_mb(),
         "bank": result.model.memory_bank_.size,
         "tiles": (result.model.tiling_ or {}).get("tiles_per_image", 1),
@@ -192,14 +183,6 @@ def _child(*args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--category", default="sealant_line")
@@ -257,8 +240,8 @@ def main() -> int:
         print(
             f"{name:<12}{r['tiles']:>6}{r['fit_seconds']:>7.0f}{r['fit_rss_mb']:>8.0f}"
             f"{r['ms_per_image']:>8.0f}{r['score_rss_mb']:>9.0f}{r['bank']:>8}"
-            f"{_num(r['auroc']):>8}{_pct(r['miss_rate']):>7}{_pct(r['false_alarm_rate']):>7}"
-            f"{_num(r['pixel_auroc']):>12}"
+            f"{num(r['auroc']):>8}{pct(r['miss_rate']):>7}{pct(r['false_alarm_rate']):>7}"
+            f"{num(r['pixel_auroc']):>12}"
         )
     types = sorted(first["by_type"], key=lambda t: first["by_type"][t]["median_area"])
     print("\nper defect type (smallest median area first): image AUROC / pixel AUROC")
@@ -267,7 +250,7 @@ def main() -> int:
         cells = ""
         for n in variants:
             entry = rows[n]["by_type"][t]
-            cells += f"{_num(entry['auroc']) + ' / ' + _num(entry['pixel_auroc']):>22}"
+            cells += f"{num(entry['auroc']) + ' / ' + num(entry['pixel_auroc']):>22}"
         print(f"{t:<10}{first['by_type'][t]['median_area']:>8.2f}{cells}")
     print("\nper defect size (mask area, % of the image): image AUROC / pixel AUROC / caught")
     print(f"{'size':<10}{'n':>4}" + "".join(f"{name:>30}" for name in variants))
@@ -275,7 +258,7 @@ def main() -> int:
         cells = ""
         for n in variants:
             e = rows[n]["by_size"][bucket]
-            text = f"{_num(e['auroc'])} / {_num(e['pixel_auroc'])} / {_pct(e['caught'])}"
+            text = f"{num(e['auroc'])} / {num(e['pixel_auroc'])} / {pct(e['caught'])}"
             cells += f"{text:>30}"
         print(f"{bucket:<10}{entry['n']:>4}{cells}")
     print(
