@@ -27,8 +27,9 @@ class MemoryBank:
             raise ValueError(f"index={index_type!r}: choose one of {', '.join(INDEX_TYPES)}")
         self.index_type = index_type
         self.hnsw_neighbors = hnsw_neighbors
-        # HNSW's candidate list per query: smaller is faster and further from exact (ELPV:
-        # 16 -> 8 ms/image, AUROC -0.0008; 64 -> 25-29 ms, as exact to 4 digits).
+        # HNSW's candidate list per query: smaller is faster and further from exact (ELPV's
+        # 9,277-vector bank, benchmarks/search.py: 16 -> 8 ms/image, test AUROC -0.0024; 24 ->
+        # 10 ms, as exact to 4 digits; 64 -> 20 ms). How small is safe depends on the bank.
         self.ef_search = ef_search
         self.index_: faiss.Index | None = None
 
