@@ -7,14 +7,20 @@ from typing import Any
 
 
 def fit_variant(
-    category: str, out: str, overrides: list[str], model: str | None = None
+    category: str,
+    out: str,
+    overrides: list[str],
+    model: str | None = None,
+    data_root: str | None = None,
 ) -> tuple[Any, float]:
     """Fit, calibrate, test and save one variant as ``anomaly fit`` does (quietly), in this
     process; returns the fit result and the command's wall seconds."""
     from anomaly.commands.fit import fit_category
     from anomaly.config import FitConfig, build_config
 
-    keys = {"data.category": category, "out": out, **({"model": model} if model else {})}
+    keys = {"data.category": category, "data.root": data_root, "out": out}
+    if model:
+        keys["model"] = model
     config = build_config(FitConfig, None, ["runtime.progress=false", *overrides], **keys)
     started = time.perf_counter()
     result = fit_category(config)

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import fit_variant  # benchmarks/_common.py: scripts run from this folder
 
 #: (format, precision) exported and compared with the torch bundle (``--exports``).
 EXPORTS = "onnx:fp32,onnx:int8,openvino:fp32,openvino:int8,openvino:bf16"
@@ -133,8 +134,7 @@ def main() -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from anomaly.commands.export import export_bundle
-    from anomaly.commands.fit import fit_category
-    from anomaly.config import ExportConfig, FitConfig, build_config
+    from anomaly.config import ExportConfig, build_config
 
     source = args.model or f"runs/benchmark/{args.category}/patchcore"
     exports = [tuple(item.split(":")) for item in args.exports.split(",")]
@@ -146,14 +146,8 @@ def main() -> int:
     bundles = []
     for bundle, overrides, exports in sources:
         if args.model is None or bundle != source:
-            fit = build_config(
-                FitConfig,
-                None,
-                ["runtime.progress=false", *overrides],
-                **{"data.category": args.category, "data.root": args.data_root, "out": bundle},
-            )
             print(f"fitting PatchCore {' '.join(overrides)} on {args.category} -> {bundle}")
-            fit_category(fit)
+            fit_variant(args.category, bundle, overrides, data_root=args.data_root)
         bundles.append(bundle)
         for fmt, precision in exports:
             out = f"{bundle}-{fmt}-{precision}"
