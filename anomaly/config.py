@@ -80,6 +80,9 @@ class PadimConfig:
     covariance_epsilon: float = 0.01  # added to every covariance diagonal
     memory_budget_mb: float = 1024.0  # refuse fits whose covariance sums would need more
     blur_sigma: float = 4.0
+    # "map_max": the hottest pixel of the blurred anomaly map (anomalib's rule); "distance": the
+    # largest per-position Mahalanobis distance (the rule of bundles saved before the key).
+    image_score: str = "map_max"
 
 
 @dataclass

@@ -55,8 +55,10 @@ Where the implementations differ, each keeps its own way (listed in the JSON too
   matrix products in anomalib, by faiss in ours;
 * PaDiM: anomalib keeps every training embedding, then fits each position's covariance in a
   Python loop (+ 0.01 I + 1e-5 I) and inverts it, ours keeps running float64 sums and a
-  Cholesky factor; anomalib's image score is the maximum of the blurred map at input size,
-  ours the maximum patch distance; both draw 100 channels at random, not the same 100 (seeded);
+  Cholesky factor; both score an image by the maximum of its blurred map (anomalib's at input
+  size, ours at the image's own size, ``padim.image_score=map_max``, the default since
+  2026-12-03; before, ours took the largest patch distance); both draw 100 channels at random,
+  not the same 100 (seeded);
 * anomalib runs with ``post_processor=False`` (raw scores: its default min-max normalisation
   needs a validation split, and clamping can tie scores), ``evaluator=False``,
   ``visualizer=False``, no logger, no progress bar, no validation pass (``limit_val_batches=0``:
@@ -104,8 +106,8 @@ DEVIATIONS = (
     "a JL projection of its patch count, recomputed each step; ours streaming, 128 dims; "
     "search: torch matmul (anomalib), faiss (ours)",
     "padim: anomalib keeps all embeddings, per-position covariance loop, +0.01I +1e-5I, inverse; "
-    "ours float64 running sums, Cholesky; image score: max of blurred map (anomalib), max "
-    "patch distance (ours); different random 100 channels",
+    "ours float64 running sums, Cholesky; image score: max of blurred map in both (at input "
+    "size in anomalib, image size in ours); different random 100 channels",
     "anomalib: post_processor=False (raw scores), evaluator/visualizer off, no validation "
     "pass, num_workers=0; batches 32 (anomalib) vs 8 (ours)",
 )

@@ -16,7 +16,13 @@ from anomaly.components.features import extract, stack_features
 from anomaly.config import PadimConfig
 from anomaly.errors import DataError
 from anomaly.models import model_class
-from anomaly.models.padim import PaDiM, padim_memory_bytes
+from anomaly.models.padim import (
+    POSITION_CHUNK,
+    UPDATE_IMAGES,
+    PaDiM,
+    PadimSums,
+    padim_memory_bytes,
+)
 
 SIZE = 64  # stage 1 of EfficientNet-Lite0 has stride 4: a 16 x 16 grid
 
@@ -75,6 +81,32 @@ def test_mahalanobis_matches_numpy(fitted: tuple[PaDiM, list[np.ndarray]]) -> No
     np.testing.assert_allclose(scores, expected.max(axis=1), rtol=2e-3)
 
 
+def test_image_score_is_the_maps_maximum_or_the_largest_distance(
+    fitted: tuple[PaDiM, list[np.ndarray]],
+) -> None:
+    model, _ = fitted
+    queries = _random_images(3, seed=3)
+    assert model.image_score == "map_max"
+    by_map = model.predict(queries)
+    np.testing.assert_array_equal(by_map.scores, [m.max() for m in by_map.anomaly_maps])
+    distances, _ = model._score_features(model.runtime_(queries))
+    model.image_score = "distance"
+    try:
+        by_distance = model.predict(queries)
+    finally:
+        model.image_score = "map_max"
+    np.testing.assert_allclose(by_distance.scores, distances, rtol=1e-6)
+    # The blur averages neighbouring positions, so the map's peak is below the largest distance.
+    assert (by_map.scores < by_distance.scores).all()
+    for a, b in zip(by_map.anomaly_maps, by_distance.anomaly_maps, strict=True):
+        np.testing.assert_array_equal(a, b)  # the rule changes the score, never the map
+
+
+def test_unknown_image_score_is_named() -> None:
+    with pytest.raises(DataError, match=r"image_score='mean'.*map_max or distance"):
+        _tiny(image_score="mean").check_params()
+
+
 def test_streaming_fit_does_not_depend_on_batching(
     fitted: tuple[PaDiM, list[np.ndarray]],
 ) -> None:
@@ -82,6 +114,27 @@ def test_streaming_fit_does_not_depend_on_batching(
     other = _tiny(batch_size=1).fit(images)
     np.testing.assert_allclose(other.mean_, model.mean_, atol=1e-5)
     np.testing.assert_allclose(other.inv_cholesky_, model.inv_cholesky_, rtol=1e-3, atol=1e-3)
+
+
+def test_sums_are_the_same_whenever_the_pending_batches_are_added() -> None:
+    rng = np.random.default_rng(1)
+    images = UPDATE_IMAGES + 8  # one update on the way, one at flush
+    vectors = torch.from_numpy(rng.normal(3, 1, (700, 5, images)).astype(np.float32))
+    one_by_one, at_once = PadimSums.zeros(700, 5), PadimSums.zeros(700, 5)
+    at_once.shift = one_by_one.shift = vectors[:, :, :1].double().mean(dim=2)
+    for i in range(images):
+        one_by_one.add(vectors[:, :, i : i + 1])
+    assert len(one_by_one.pending) == 8  # the first UPDATE_IMAGES went into the sums
+    at_once.add(vectors)
+    one_by_one.flush()
+    assert one_by_one.n == at_once.n == images and not one_by_one.pending
+    centred = vectors.double() - at_once.shift[:, :, None]
+    torch.testing.assert_close(one_by_one.sum, centred.sum(dim=2), rtol=1e-12, atol=1e-10)
+    pairs = zip(one_by_one.sum_outer, at_once.sum_outer, strict=True)
+    for index, (mine, theirs) in enumerate(pairs):
+        part = centred[index * POSITION_CHUNK : (index + 1) * POSITION_CHUNK]
+        torch.testing.assert_close(mine, part @ part.transpose(1, 2), rtol=1e-12, atol=1e-9)
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-9)
 
 
 def test_bundle_round_trip_gives_identical_scores(tmp_path: Path) -> None:

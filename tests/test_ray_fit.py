@@ -56,6 +56,7 @@ def test_padim_sums_of_shards_merge_into_the_sums_of_all() -> None:
         shard.shift = whole.shift  # the common shift the driver hands every shard
         shard.add(batch)
         shards.append(shard)
+    whole.flush()  # 8 images: under UPDATE_IMAGES, still pending
     merged = PadimSums.zeros(600, 4).merge(shards[0]).merge(shards[1])
     assert merged.n == whole.n == 8
     torch.testing.assert_close(merged.sum, whole.sum, rtol=1e-12, atol=1e-12)

@@ -554,7 +554,7 @@ class AnomalyModel:
                 anomaly_map(grid, self.image_size, image.shape[:2], self.blur_sigma)
                 for grid, image in zip(patch_grids, images, strict=True)
             ]
-            return scores, maps, features
+            return self._image_scores(scores, maps), maps, features
         # Tiled: each run of images with the same number of tiles is scored together.
         scores, maps = np.empty(len(images)), []
         vectors: dict[str, list[np.ndarray]] = {}
@@ -573,7 +573,13 @@ class AnomalyModel:
                 if value.ndim == 2:  # per-image vectors (group descriptors) stay comparable
                     vectors.setdefault(name, []).append(value)
             start = stop
-        return scores, maps, {name: np.concatenate(parts) for name, parts in vectors.items()}
+        vectors = {name: np.concatenate(parts) for name, parts in vectors.items()}
+        return self._image_scores(scores, maps), maps, vectors
+
+    def _image_scores(self, scores: np.ndarray, maps: list[np.ndarray]) -> np.ndarray:
+        """The image scores from the patch scores' ``scores`` and the finished ``maps``: the
+        former, unless a model scores an image by its map (PaDiM's ``image_score``)."""
+        return scores
 
     def _scores(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Image scores and patch grids of a batch's features, group scales applied."""

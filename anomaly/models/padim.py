@@ -9,7 +9,8 @@ Memory, for ``P`` grid positions and ``d = n_features`` dimensions (``P = 64 x 6
   ``P * (d + d (d + 1) / 2) * 4`` bytes = 80 MiB;
 * fit: running sums ``P * (d + d^2) * 8`` bytes (float64) = 316 MiB at the defaults. They are
   freed chunk by chunk as the model is built, so the peak is the sums plus a few chunk-sized
-  temporaries (``POSITION_CHUNK * d^2`` values), on top of the backbone's activations.
+  temporaries (``POSITION_CHUNK * d^2`` values) and the vectors of the images not yet added
+  to them (``UPDATE_IMAGES * P * d`` float32, 52 MB), on top of the backbone's activations.
 
 Both grow with ``P * d^2``: quadratically in ``image_size`` and in ``n_features``. The fit
 refuses a configuration whose estimate exceeds ``memory_budget_mb`` before allocating anything.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -36,6 +37,13 @@ logger = logging.getLogger(__name__)
 #: Positions processed together when accumulating, factorising and scoring: bounds the
 #: temporaries to ``chunk * d^2`` values (41 MB of float64 at ``d = 100``).
 POSITION_CHUNK = 512
+#: Images whose patch vectors are held back and added to the outer-product sums together:
+#: one update reads and writes all the float64 sums (330 MB at the default 64x64 x 100), so
+#: updating every batch of 8 made the fit memory-bound; 32 at a time costs 52 MB of float32
+#: vectors at that size.
+UPDATE_IMAGES = 32
+#: How an image's score comes from its patches (``PaDiM(image_score=...)``).
+IMAGE_SCORES = ("map_max", "distance")
 
 
 def padim_memory_bytes(positions: int, dims: int) -> dict[str, int]:
@@ -49,7 +57,8 @@ def padim_memory_bytes(positions: int, dims: int) -> dict[str, int]:
     bundle = positions * (dims + dims * (dims + 1) // 2) * 4
     sums = positions * (dims + dims * dims) * 8
     temporaries = 3 * min(positions, POSITION_CHUNK) * dims * dims * 8
-    return {"model": model, "bundle": bundle, "fit": sums + temporaries}
+    pending = 2 * UPDATE_IMAGES * positions * dims * 4  # held back, and their one copy
+    return {"model": model, "bundle": bundle, "fit": sums + temporaries + pending}
 
 
 @dataclass
@@ -70,6 +79,8 @@ class PadimSums:
     sum_outer: list[torch.Tensor | None]
     shift: torch.Tensor | None = None  # (P, d); None = the first batch's mean, when it comes
     n: int = 0
+    # Batches ``(P, d, B)`` not yet in the sums (see UPDATE_IMAGES); flush() adds them.
+    pending: list[torch.Tensor] = field(default_factory=list)
 
     @classmethod
     def zeros(cls, positions: int, dims: int) -> PadimSums:
@@ -84,9 +95,23 @@ class PadimSums:
         )
 
     def add(self, embedded: torch.Tensor) -> None:
-        """Add a batch of patch vectors ``(P, d, B)``."""
+        """Add a batch of patch vectors ``(P, d, B)`` (to the sums once :data:`UPDATE_IMAGES`
+        images are pending, or at :meth:`flush`)."""
         if self.shift is None:
             self.shift = embedded.double().mean(dim=2)  # (P, d)
+        self.pending.append(embedded)
+        self.n += embedded.shape[2]
+        if sum(batch.shape[2] for batch in self.pending) >= UPDATE_IMAGES:
+            self.flush()
+
+    def flush(self) -> PadimSums:
+        """Add the pending batches to the sums; returns ``self``."""
+        import torch
+
+        if not self.pending:
+            return self
+        embedded = torch.cat(self.pending, dim=2) if len(self.pending) > 1 else self.pending[0]
+        self.pending = []
         # Chunk by chunk, so the float64 temporaries stay at chunk size.
         for index, start in enumerate(range(0, embedded.shape[0], POSITION_CHUNK)):
             stop = start + POSITION_CHUNK
@@ -94,7 +119,7 @@ class PadimSums:
             self.sum[start:stop] += part.sum(dim=2)
             # In place: S2[p] += X_p X_p^T with no (chunk, d, d) temporary.
             self.sum_outer[index].baddbmm_(part, part.transpose(1, 2))
-        self.n += embedded.shape[2]
+        return self
 
     def merge(self, other: PadimSums) -> PadimSums:
         """Add ``other``'s sums to these, in place; returns ``self``. Both must be sums around
@@ -105,6 +130,8 @@ class PadimSums:
             raise ValueError(
                 f"padim sums of {tuple(other.sum.shape)} do not merge with {tuple(self.sum.shape)}"
             )
+        self.flush()
+        other.flush()
         if other.n == 0:
             return self
         if self.shift is None:
@@ -126,7 +153,7 @@ class PaDiM(AnomalyModel):
     ``n_features`` channels is kept. Fitting estimates, at every position, the mean and the
     covariance (plus ``covariance_epsilon * I``) of the good images' vectors from streaming
     float64 sums. A test patch's score is its Mahalanobis distance to its position's Gaussian;
-    the image score is the largest patch score.
+    the image score is the maximum of the blurred anomaly map (``image_score``).
 
     Example:
         >>> model = PaDiM(n_features=100).fit(good_images)                  # doctest: +SKIP
@@ -143,10 +170,17 @@ class PaDiM(AnomalyModel):
         tile_size, tile_stride, keep_aspect: cut images into square tiles (see
             :mod:`anomaly.components.tiling`): one Gaussian per position of every tile, so
             memory grows with the tile count and every image must have the training size.
+        image_score: ``"map_max"``, an image scores the hottest pixel of its blurred anomaly
+            map (as anomalib scores PaDiM; the score is then what the heatmap shows at its
+            peak); ``"distance"``, the largest per-position Mahalanobis distance. The blur
+            pools neighbouring positions, so a lone noisy position counts less: validation
+            AUROC 0.9034 vs 0.8994 on ELPV and 0.9788 vs 0.9750 on sealant (README).
         Other arguments: see :class:`anomaly.models.base.AnomalyModel`.
     """
 
     model_name: ClassVar[str] = "padim"
+    #: Bundles saved before ``image_score`` existed scored by the largest distance.
+    legacy_params: ClassVar[dict[str, Any]] = {"image_score": "distance"}
     # Stride 4, 8 and 16 stages of EfficientNet-Lite0 (24 + 40 + 112 = 176 channels): the
     # stride-4 grid localises small defects; the deeper stages add context, as in the paper's
     # first three ResNet stages.
@@ -168,6 +202,7 @@ class PaDiM(AnomalyModel):
         tile_stride: int | None = None,
         keep_aspect: bool = False,
         blur_sigma: float = 4.0,
+        image_score: str = "map_max",
         group_by: str | None = None,
         batch_size: int = 8,
         num_threads: int = 0,
@@ -187,6 +222,8 @@ class PaDiM(AnomalyModel):
             )
         if not self.memory_budget_mb > 0:
             raise DataError(f"memory_budget_mb={self.memory_budget_mb}: must be > 0")
+        if self.image_score not in IMAGE_SCORES:
+            raise DataError(f"image_score={self.image_score!r}: choose {' or '.join(IMAGE_SCORES)}")
 
     # ------------------------------------------------------------------ fit
     def _fit_begin(self) -> None:
@@ -287,7 +324,7 @@ class PaDiM(AnomalyModel):
 
     def _shard_summary(self) -> PadimSums:
         summary, self._sums = self._sums, None
-        return summary
+        return summary.flush()
 
     def _fit_shards(self, summaries: Iterable[Any]) -> dict[str, Any]:
         count = 0
@@ -300,7 +337,7 @@ class PaDiM(AnomalyModel):
     def _fit_end(self) -> None:
         import torch
 
-        sums, self._sums = self._sums, None
+        sums, self._sums = self._sums.flush(), None
         n = sums.n
         positions, dims = sums.sum.shape
         mean_shifted = sums.sum / n  # (P, d)
@@ -368,6 +405,11 @@ class PaDiM(AnomalyModel):
         grids = np.ascontiguousarray(distances.T).reshape(batch, height, width)
         scores = grids.reshape(batch, -1).max(axis=1).astype(np.float64)
         return scores, grids
+
+    def _image_scores(self, scores: np.ndarray, maps: list[np.ndarray]) -> np.ndarray:
+        if self.image_score == "distance":
+            return scores
+        return np.array([float(anomaly_map.max()) for anomaly_map in maps], dtype=np.float64)
 
     # ------------------------------------------------------------------ persistence
     def state_tensors(self) -> dict[str, np.ndarray]:
