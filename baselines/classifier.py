@@ -67,6 +67,7 @@ import resource
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -87,7 +88,7 @@ from anomaly.components.backbones import (
     create_classifier,
 )
 from anomaly.components.features import preprocess
-from anomaly.components.maps import anomaly_map
+from anomaly.components.maps import AnomalyMaps, anomaly_map
 from anomaly.components.threads import limited_threads
 from anomaly.errors import BackboneError, BundleError, ConfigError, DataError
 from anomaly.evaluation import metrics
@@ -808,7 +809,7 @@ class SupervisedClassifier(AnomalyModel):
         return val_loss, None if found is None else found[0], metrics.image_auroc(val_y, scores_np)
 
     # ------------------------------------------------------------------ scoring
-    def score_arrays(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def score_arrays(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, AnomalyMaps]:
         """Defect probabilities ``(B,)`` and Grad-CAM maps at each image's size.
 
         Overrides the base class, whose feature pass runs under ``torch.inference_mode`` and so
@@ -823,10 +824,12 @@ class SupervisedClassifier(AnomalyModel):
         # float64 sigmoid: probabilities stay distinct up to log-odds of about 36, so ranking
         # and thresholds are not lost to rounding at 1.0.
         scores = 1.0 / (1.0 + np.exp(-log_odds))
-        maps = [
-            anomaly_map(cam, size, image.shape[:2], self.blur_sigma)
-            for cam, image in zip(cams, images, strict=True)
-        ]
+        maps = AnomalyMaps.draw(
+            [
+                partial(anomaly_map, cam, size, image.shape[:2], self.blur_sigma)
+                for cam, image in zip(cams, images, strict=True)
+            ]
+        )
         return scores, maps
 
     # ------------------------------------------------------------------ persistence

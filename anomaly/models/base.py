@@ -30,13 +30,14 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
 from anomaly.components.groups import GroupScales
-from anomaly.components.maps import anomaly_map, stitched_anomaly_map
+from anomaly.components.maps import AnomalyMaps, anomaly_map, stitched_anomaly_map
 from anomaly.components.threads import limited_threads
 from anomaly.components.tiling import Box, Tiling, cut_tiles, untiled_model_error
 from anomaly.decision import calibration as calibration_module
@@ -66,12 +67,14 @@ class Prediction:
     """Scores of a batch of images.
 
     ``scores`` ``(n,)`` are raw image scores (higher = more anomalous); ``anomaly_maps`` holds one
-    ``(H, W)`` float32 map per image at that image's own size. Once the model is calibrated,
+    ``(H, W)`` float32 map per image at that image's own size (an
+    :class:`~anomaly.components.maps.AnomalyMaps`, which keeps a large prediction's maps as
+    their patch scores and draws each when read). Once the model is calibrated,
     ``threshold`` and ``pixel_threshold`` are set and the normalised views and verdicts exist.
     """
 
     scores: np.ndarray
-    anomaly_maps: list[np.ndarray]
+    anomaly_maps: Sequence[np.ndarray]
     threshold: float | None = None
     pixel_threshold: float | None = None
     #: The defect types the model tells apart (empty for a model that names none), and the
@@ -521,7 +524,8 @@ class AnomalyModel:
         types = [p.type_probabilities for p in parts]
         return self._prediction(
             np.concatenate([p.scores for p in parts]),
-            [m for p in parts for m in p.anomaly_maps],
+            # Compact: the patch scores of every image, each map drawn again when read.
+            AnomalyMaps.concatenate(p.anomaly_maps for p in parts),
             None if any(t is None for t in types) else np.concatenate(types),
         )
 
@@ -531,14 +535,14 @@ class AnomalyModel:
         scores, maps = self.score_arrays(images)
         return self._prediction(scores, maps)
 
-    def score_arrays(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def score_arrays(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, AnomalyMaps]:
         """Score one batch of loaded RGB images: scores ``(B,)`` and one map per image."""
         scores, maps, _ = self._score_pass(images)
         return scores, maps
 
     def _score_pass(
         self, images: Sequence[np.ndarray]
-    ) -> tuple[np.ndarray, list[np.ndarray], dict[str, np.ndarray]]:
+    ) -> tuple[np.ndarray, AnomalyMaps, dict[str, np.ndarray]]:
         """Scores, maps at each image's size, and the features they came from (a model that
         reads more from the same pass, such as defect types, uses the latter).
 
@@ -546,17 +550,19 @@ class AnomalyModel:
         features; everything from there on is this numpy code, whichever runtime it was."""
         self.check_is_fitted()
         if not images:
-            return np.empty(0), [], {}
+            return np.empty(0), AnomalyMaps([]), {}
         if self.tiling_ is None:
             ((_, features),) = self._features(images)
             scores, patch_grids = self._scores(features)
-            maps = [
-                anomaly_map(grid, self.image_size, image.shape[:2], self.blur_sigma)
-                for grid, image in zip(patch_grids, images, strict=True)
-            ]
+            maps = AnomalyMaps.draw(
+                [
+                    partial(anomaly_map, grid, self.image_size, image.shape[:2], self.blur_sigma)
+                    for grid, image in zip(patch_grids, images, strict=True)
+                ]
+            )
             return self._image_scores(scores, maps), maps, features
         # Tiled: each run of images with the same number of tiles is scored together.
-        scores, maps = np.empty(len(images)), []
+        scores, sources = np.empty(len(images)), []
         vectors: dict[str, list[np.ndarray]] = {}
         start = 0
         for boxes, features in self._features(images):
@@ -564,19 +570,25 @@ class AnomalyModel:
             scores[start:stop], grids = self._scores(features)
             for grid, image, image_boxes in zip(grids, images[start:stop], boxes, strict=True):
                 tiles = grid.reshape(len(image_boxes), -1, grid.shape[-1])  # (T, h, w)
-                maps.append(
-                    stitched_anomaly_map(
-                        tiles, image_boxes, self.image_size, image.shape[:2], self.blur_sigma
+                sources.append(
+                    partial(
+                        stitched_anomaly_map,
+                        tiles,
+                        image_boxes,
+                        self.image_size,
+                        image.shape[:2],
+                        self.blur_sigma,
                     )
                 )
             for name, value in features.items():
                 if value.ndim == 2:  # per-image vectors (group descriptors) stay comparable
                     vectors.setdefault(name, []).append(value)
             start = stop
+        maps = AnomalyMaps.draw(sources)
         vectors = {name: np.concatenate(parts) for name, parts in vectors.items()}
         return self._image_scores(scores, maps), maps, vectors
 
-    def _image_scores(self, scores: np.ndarray, maps: list[np.ndarray]) -> np.ndarray:
+    def _image_scores(self, scores: np.ndarray, maps: Sequence[np.ndarray]) -> np.ndarray:
         """The image scores from the patch scores' ``scores`` and the finished ``maps``: the
         former, unless a model scores an image by its map (PaDiM's ``image_score``)."""
         return scores
@@ -670,7 +682,7 @@ class AnomalyModel:
     def _prediction(
         self,
         scores: np.ndarray,
-        maps: list[np.ndarray],
+        maps: Sequence[np.ndarray],
         type_probabilities: np.ndarray | None = None,
     ) -> Prediction:
         calibration = getattr(self, "calibration_", None)

@@ -406,7 +406,7 @@ class PaDiM(AnomalyModel):
         scores = grids.reshape(batch, -1).max(axis=1).astype(np.float64)
         return scores, grids
 
-    def _image_scores(self, scores: np.ndarray, maps: list[np.ndarray]) -> np.ndarray:
+    def _image_scores(self, scores: np.ndarray, maps: Sequence[np.ndarray]) -> np.ndarray:
         if self.image_score == "distance":
             return scores
         return np.array([float(anomaly_map.max()) for anomaly_map in maps], dtype=np.float64)
