@@ -125,6 +125,9 @@ class CalibrationConfig:
     target_miss_rate: float = 0.05
     fallback_false_alarm_rate: float = 0.05
     confidence: float = 0.95
+    # With approximate search (patchcore.index=hnsw): score validation with exact search as
+    # well and report the AUROC change and the verdicts that differ (warned when they matter).
+    compare_exact_search: bool = True
 
 
 @dataclass

@@ -37,3 +37,15 @@ def test_saved_bank_gives_the_same_answers(tmp_path):
     np.testing.assert_array_equal(
         bank.vectors(np.array([[1, 2]])), loaded.vectors(np.array([[1, 2]]))
     )
+
+
+def test_exact_twin_of_an_hnsw_bank_searches_the_same_vectors_exactly():
+    rng = np.random.default_rng(3)
+    bank_vectors = rng.standard_normal((500, 12)).astype(np.float32)
+    queries = rng.standard_normal((40, 12)).astype(np.float32)
+    flat = MemoryBank("flat").fit(bank_vectors)
+    assert flat.exact() is flat
+    twin = MemoryBank("hnsw", ef_search=1).fit(bank_vectors).exact()
+    assert twin.index_type == "flat" and twin.size == 500
+    for got, expected in zip(twin.search(queries, k=2), flat.search(queries, k=2), strict=True):
+        np.testing.assert_array_equal(got, expected)

@@ -21,6 +21,7 @@ from anomaly.data.dataset import Dataset, Sample
 from anomaly.decision.calibration import check_targets
 from anomaly.engines import wants_ray
 from anomaly.errors import AnomalyError, BundleError, DataError
+from anomaly.evaluation.search_check import check_exact_search, search_check_line
 from anomaly.evaluation.split import (
     SplitScores,
     score_split,
@@ -83,6 +84,8 @@ class FitResult:
         lines.append(f"calibration: {cal.summary()}")
         if not cal.target_supported:
             lines.append(f"  note: {cal.note}")
+        if s.get("search_check") is not None:
+            lines.append(search_check_line(s["search_check"]))
         test = s["test"]
         op = test.get("operating_point") or {}
         if test.get("auroc") is not None:
@@ -201,6 +204,10 @@ def _calibrate_test_save(
     test = dataset.select("test")
     val_scores = calibrate_on_validation(model, dataset.select("val"), config.calibration)
     fit_seconds = time.perf_counter() - started - val_scores.seconds
+    search_check = None
+    # .get: the config of a bundle saved before the key (anomaly add) does not have it.
+    if config.calibration.get("compare_exact_search", True):
+        search_check = check_exact_search(model, dataset.select("val"), val_scores)
     test_metrics: dict[str, Any] = {"n_images": 0, "ms_per_image": val_scores.ms_per_image}
     if test:
         test_scores = score_split(model, test)
@@ -224,6 +231,8 @@ def _calibrate_test_save(
         "test": test_metrics,
         **model.describe(),
     }
+    if search_check is not None:
+        summary["search_check"] = search_check
     bundle = save_bundle(model, out, to_yaml(config), {"data": data_info, "evaluation": summary})
     summary["bundle_mb"] = round(bundle_size_bytes(bundle) / 2**20, 2)
     return FitResult(model=model, bundle_dir=bundle, summary=summary)

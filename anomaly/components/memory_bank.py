@@ -59,6 +59,12 @@ class MemoryBank:
         self.index_.add(vectors)
         return self
 
+    def exact(self) -> MemoryBank:
+        """This bank searched exactly: itself when flat, else a flat index of the same vectors."""
+        if self.index_type == "flat":
+            return self
+        return MemoryBank("flat").fit(self.all_vectors())
+
     def all_vectors(self) -> np.ndarray:
         """Every bank vector, ``(M, D)``."""
         return self.index_.reconstruct_n(0, self.size)

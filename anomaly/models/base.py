@@ -29,6 +29,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -694,6 +695,11 @@ class AnomalyModel:
             defect_types=tuple(self.defect_types_) if type_probabilities is not None else (),
             type_probabilities=type_probabilities,
         )
+
+    def exact_search(self) -> AbstractContextManager[None] | None:
+        """A context in which the model scores with exact nearest-neighbour search, or None for
+        a model that never searches approximately (the fit then has nothing to compare)."""
+        return None
 
     # ------------------------------------------------------------------ self-description
     def memory_bytes(self) -> int:

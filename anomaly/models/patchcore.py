@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -236,6 +237,20 @@ class PatchCore(AnomalyModel):
     def summary_lines(self) -> list[str]:
         bank = f"memory bank: {self.memory_bank_.size} patches of {self.memory_bank_.dim} dims"
         return [bank, *super().summary_lines()]
+
+    def exact_search(self) -> AbstractContextManager[None] | None:
+        return None if self.index == "flat" else self._exact_bank()
+
+    @contextmanager
+    def _exact_bank(self) -> Iterator[None]:
+        """The same bank in a flat (exact) index while the context lasts."""
+        self.check_is_fitted()
+        approximate = self.memory_bank_
+        self.memory_bank_ = approximate.exact()
+        try:
+            yield
+        finally:
+            self.memory_bank_ = approximate
 
     def partial_fit(self, images: Sequence[ImageInput]) -> PatchCore:
         """Add good images to the fitted memory bank without refitting; returns ``self``.
