@@ -3,7 +3,9 @@ its maps as patch scores and draws the same maps when they are read."""
 
 from __future__ import annotations
 
+import gc
 import pickle
+import weakref
 from functools import partial
 
 import numpy as np
@@ -74,3 +76,26 @@ def test_a_large_prediction_keeps_patch_scores_not_full_size_maps(model_class):
     np.testing.assert_allclose(
         prediction.map_maxima, [m.max() for m in prediction.anomaly_maps], rtol=0
     )
+
+
+def test_predict_frees_each_batchs_drawn_maps_before_scoring_the_next(monkeypatch):
+    rng = np.random.default_rng(3)
+    model = PatchCore(image_size=64, progress=False, batch_size=2).fit(
+        [textured_part(rng) for _ in range(4)]
+    )
+    images = [textured_part(rng) for _ in range(6)]
+    drawn: list[weakref.ref] = []
+    alive: list[int] = []
+    score_batch = model.score_batch
+
+    def spy(batch):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in drawn))
+        part = score_batch(batch)
+        drawn.extend(weakref.ref(anomaly_map) for anomaly_map in part.anomaly_maps)
+        return part
+
+    monkeypatch.setattr(model, "score_batch", spy)
+    prediction = model.predict(images)
+    assert alive == [0, 0, 0]  # no earlier batch's full-size maps while a batch is scored
+    assert len(prediction.anomaly_maps) == 6

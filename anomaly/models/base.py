@@ -516,17 +516,20 @@ class AnomalyModel:
         """Score ``images``: image scores, anomaly maps at each image's size, verdicts, and
         defect types where the model names them."""
         self.check_is_fitted()
-        parts = [
-            self.score_batch(batch)
-            for batch in self._batches(list(images), desc=f"{self.model_name}: scoring")
-        ]
-        if not parts:
+        scores, maps, types = [], [], []
+        for batch in self._batches(list(images), desc=f"{self.model_name}: scoring"):
+            part = self.score_batch(batch)
+            scores.append(part.scores)
+            # Compact at once: each batch's drawn maps are freed with the batch, and the
+            # prediction keeps every image's patch scores, its map drawn again when read.
+            maps.append(AnomalyMaps.concatenate([part.anomaly_maps]))
+            types.append(part.type_probabilities)
+            del part  # its drawn maps go before the next batch is scored
+        if not scores:
             return self._prediction(np.empty(0), [])
-        types = [p.type_probabilities for p in parts]
         return self._prediction(
-            np.concatenate([p.scores for p in parts]),
-            # Compact: the patch scores of every image, each map drawn again when read.
-            AnomalyMaps.concatenate(p.anomaly_maps for p in parts),
+            np.concatenate(scores),
+            AnomalyMaps.concatenate(maps),
             None if any(t is None for t in types) else np.concatenate(types),
         )
 
